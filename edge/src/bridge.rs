@@ -1,0 +1,122 @@
+//! The NATS bridge: a few shared NATS connections per edge, which subject lives on which, and the
+//! round trip that proves a subscription is active at the server.
+//!
+//! Every subject's subscription is placed on one connection chosen by hash, so a subject's messages
+//! arrive in order on one socket while the connections share the load. async-nats reconnects forever
+//! and re-sends every live subscription after a reconnect, which is how the edge survives NATS restarts.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subscriber};
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::config::NatsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe { subject: String, source: async_nats::SubscribeError },
+    #[error("cannot publish to {subject}: {source}")]
+    Publish { subject: String, source: async_nats::PublishError },
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    clients: Vec<Client>,
+    barrier_subject: String,
+}
+
+impl Bridge {
+    /// Connect every shared connection, retrying (with a logged reason) until the servers answer, so an
+    /// edge never accepts goim clients it cannot serve.
+    pub async fn connect(cfg: &NatsConfig, edge_id: &str) -> Bridge {
+        let mut clients = Vec::with_capacity(cfg.connections);
+        for index in 0..cfg.connections {
+            clients.push(connect_one(cfg, edge_id, index).await);
+        }
+        Bridge { clients, barrier_subject: format!("_GOIM.barrier.{edge_id}") }
+    }
+
+    /// Index of the connection that carries `subject`.
+    pub fn client_index(&self, subject: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        subject.hash(&mut h);
+        (h.finish() % self.clients.len() as u64) as usize
+    }
+
+    /// Number of shared connections.
+    pub fn connections(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The connection used for publishing and control subscriptions.
+    pub fn publisher(&self) -> &Client {
+        &self.clients[0]
+    }
+
+    /// Subscribe to `subject` on its connection. The SUB is queued in order on that connection, so a
+    /// later [`Bridge::barrier`] on the same index covers it.
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, BridgeError> {
+        self.clients[self.client_index(subject)]
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|source| BridgeError::Subscribe { subject: subject.to_string(), source })
+    }
+
+    /// Wait until the server has processed everything this edge sent on connection `index`.
+    ///
+    /// async-nats' `flush` only drains the client buffer, so the edge sends a request to a subject
+    /// nobody serves: the server's "no responders" answer (or any answer) proves it has read the SUBs
+    /// queued before it on that connection. A client is told it joined a room only after this.
+    pub async fn barrier(&self, index: usize) {
+        let client = &self.clients[index];
+        match client.request(self.barrier_subject.clone(), Bytes::new()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(e) => warn!(error = %e, index, "NATS barrier failed; subscriptions will be confirmed on reconnect"),
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), BridgeError> {
+        self.publisher()
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|source| BridgeError::Publish { subject, source })
+    }
+}
+
+async fn connect_one(cfg: &NatsConfig, edge_id: &str, index: usize) -> Client {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let opts = ConnectOptions::new()
+            .name(format!("{}:{edge_id}:{index}", cfg.name))
+            .subscription_capacity(cfg.subscription_capacity)
+            .request_timeout(Some(Duration::from_secs(5)))
+            .event_callback(move |event| async move {
+                match event {
+                    Event::Connected => info!(index, "NATS connected"),
+                    Event::Disconnected => warn!(index, "NATS disconnected; reconnecting"),
+                    Event::SlowConsumer(sid) => {
+                        warn!(index, sid, "NATS subscription overflowed: the edge is too slow for its pushes")
+                    }
+                    other => info!(index, event = %other, "NATS event"),
+                }
+            });
+        match opts.connect(cfg.urls.clone()).await {
+            Ok(client) => return client,
+            Err(e) => {
+                warn!(error = %e, urls = ?cfg.urls, retry_in = ?backoff, "cannot connect to NATS");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

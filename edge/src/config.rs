@@ -1,0 +1,299 @@
+//! The edge's TOML configuration: every key, its default and its meaning. `goim-edge.sample.toml` at
+//! the crate root lists the same keys with the same defaults; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub edge: EdgeConfig,
+    pub listen: ListenConfig,
+    pub session: SessionConfig,
+    pub auth: AuthConfig,
+    pub nats: NatsConfig,
+    pub push: PushConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id in kick notices and logs; empty = `<hostname>-<pid>-<random>`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// goim TCP listener; empty string disables it.
+    pub tcp: String,
+    /// goim WebSocket listener; empty string disables it.
+    pub ws: String,
+    /// The only path the WebSocket upgrade accepts (goim: exactly `/sub`).
+    pub ws_path: String,
+    /// Set SO_REUSEPORT so several edge processes can share one port.
+    pub reuse_port: bool,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            tcp: "0.0.0.0:3101".into(),
+            ws: "0.0.0.0:3102".into(),
+            ws_path: "/sub".into(),
+            reuse_port: true,
+            backlog: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// From accept (including the WebSocket upgrade) to a successful op-7 auth.
+    pub handshake_timeout_ms: u64,
+    /// Closed when no op-2 heartbeat arrives for this long (goim: 4 min × 2).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { handshake_timeout_ms: 8_000, idle_timeout_ms: 480_000 }
+    }
+}
+
+impl SessionConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// How the op-7 auth body is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// goim's behaviour: the body is trusted as it comes (mid, key, room, accepts). Any `token` field
+    /// is ignored. Token verification arrives with authsvc.
+    #[default]
+    TrustBody,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS servers; the client reconnects among them forever.
+    pub urls: Vec<String>,
+    /// Shared NATS connections per edge; subjects are spread over them by hash.
+    pub connections: usize,
+    /// Connection name shown in the server's monitoring endpoint.
+    pub name: String,
+    /// Messages one subscription may queue in the client before the server's messages are dropped
+    /// (async-nats `subscription_capacity`).
+    pub subscription_capacity: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            connections: 2,
+            name: "goim-edge".into(),
+            subscription_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Business op of a push that carries no `Goim-Op` header.
+    pub default_op: i32,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig { default_op: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Bytes queued for one connection before it is disconnected as too slow.
+    pub max_outbound_bytes: usize,
+    /// Longest room id accepted in auth or change room (bytes, before escaping).
+    pub max_room_id_len: usize,
+    /// Longest connection key accepted in auth (bytes, before escaping).
+    pub max_key_len: usize,
+    /// Most ops one connection's accept set may hold.
+    pub max_accepts: usize,
+    /// Largest WebSocket message a client may send (goim parses only its first packet).
+    pub max_ws_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_outbound_bytes: 256 * 1024,
+            max_room_id_len: 256,
+            max_key_len: 256,
+            max_accepts: 1024,
+            max_ws_message_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter (`info`, `goim_edge=debug`, …); the `RUST_LOG` environment variable wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => {
+                ConfigError::Parse { path: path.display().to_string(), source }
+            }
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: "<text>".into(), source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        for (name, addr) in [("listen.tcp", &self.listen.tcp), ("listen.ws", &self.listen.ws)] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!("{name} = {addr:?} is not an ip:port")));
+            }
+        }
+        if !self.edge.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return invalid("edge.id may hold only A-Z, a-z, 0-9, '_' and '-'");
+        }
+        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() {
+            return invalid("listen.tcp and listen.ws are both disabled");
+        }
+        if !self.listen.ws_path.starts_with('/') {
+            return invalid("listen.ws_path must start with '/'");
+        }
+        if self.nats.urls.is_empty() {
+            return invalid("nats.urls is empty");
+        }
+        if self.nats.connections == 0 {
+            return invalid("nats.connections must be at least 1");
+        }
+        if self.nats.subscription_capacity == 0 {
+            return invalid("nats.subscription_capacity must be at least 1");
+        }
+        if self.session.handshake_timeout_ms == 0 || self.session.idle_timeout_ms == 0 {
+            return invalid("session timeouts must be positive");
+        }
+        if self.limits.max_outbound_bytes < 4096 {
+            return invalid("limits.max_outbound_bytes must be at least 4096");
+        }
+        if self.limits.max_ws_message_bytes < 16 {
+            return invalid("limits.max_ws_message_bytes must be at least 16");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_goim_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.tcp, "0.0.0.0:3101");
+        assert_eq!(c.listen.ws, "0.0.0.0:3102");
+        assert_eq!(c.listen.ws_path, "/sub");
+        assert_eq!(c.session.handshake_timeout(), Duration::from_secs(8));
+        assert_eq!(c.session.idle_timeout(), Duration::from_secs(480));
+        assert_eq!(c.push.default_op, 1000);
+        assert_eq!(c.limits.max_outbound_bytes, 256 * 1024);
+        assert_eq!(c.auth.mode, AuthMode::TrustBody);
+    }
+
+    #[test]
+    fn sample_config_parses_and_matches_defaults() {
+        let sample = include_str!("../goim-edge.sample.toml");
+        let c = Config::parse(sample).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen.tcp, d.listen.tcp);
+        assert_eq!(c.listen.ws, d.listen.ws);
+        assert_eq!(c.session.idle_timeout_ms, d.session.idle_timeout_ms);
+        assert_eq!(c.session.handshake_timeout_ms, d.session.handshake_timeout_ms);
+        assert_eq!(c.nats.urls, d.nats.urls);
+        assert_eq!(c.nats.connections, d.nats.connections);
+        assert_eq!(c.nats.subscription_capacity, d.nats.subscription_capacity);
+        assert_eq!(c.push.default_op, d.push.default_op);
+        assert_eq!(c.limits.max_outbound_bytes, d.limits.max_outbound_bytes);
+        assert_eq!(c.limits.max_room_id_len, d.limits.max_room_id_len);
+        assert_eq!(c.limits.max_key_len, d.limits.max_key_len);
+        assert_eq!(c.limits.max_accepts, d.limits.max_accepts);
+        assert_eq!(c.limits.max_ws_message_bytes, d.limits.max_ws_message_bytes);
+        assert_eq!(c.log.level, d.log.level);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("[listen]\ntcp = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("listen.tcp"), "{e}");
+        let e = Config::parse("[auth]\nmode = \"token\"").unwrap_err().to_string();
+        assert!(e.contains("mode"), "{e}");
+        let e = Config::parse("[nats]\nurl = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("url"), "{e}");
+        assert!(Config::parse("[nats]\nconnections = 0").is_err());
+    }
+}

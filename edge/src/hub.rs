@@ -1,0 +1,343 @@
+//! The fan-out hub: which local connections belong to which NATS subject, one reference-counted
+//! subscription per distinct subject, and the delivery of each NATS message to every member.
+//!
+//! A message is encoded into its goim packet once and the same buffer is queued for every recipient
+//! (each [`Member`]'s outbox). Room subjects deliver to every member; user, key and broadcast subjects
+//! only to members whose accept set holds the op, exactly as goim's comet does. The hub also keeps the
+//! local key registry that kicks an older connection with the same key, here and on other edges.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use crate::bridge::Bridge;
+use crate::outbox::{Outbox, Outgoing};
+use crate::protocol::encode_push;
+use crate::stats::{CloseReason, Stats};
+use crate::subjects;
+
+/// Headers of the `ctl.kick` notice.
+const KICK_EDGE: &str = "Goim-Edge";
+const KICK_CONN: &str = "Goim-Conn";
+const KICK_AUTH_TIME: &str = "Goim-Auth-Time";
+
+/// Whether a subject's pushes are filtered by the members' accept sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Room pushes: every member, whatever its accepts.
+    All,
+    /// User, key and broadcast pushes: only members that accept the op.
+    Accepting,
+}
+
+/// The hub's view of one connection.
+#[derive(Debug)]
+pub struct Member {
+    pub id: u64,
+    pub outbox: Outbox,
+    accepts: RwLock<HashSet<i32>>,
+    /// Unix nanoseconds of the successful auth; orders duplicate-key kicks across edges.
+    auth_time: AtomicU64,
+}
+
+impl Member {
+    pub fn new(id: u64, max_outbound_bytes: usize) -> Self {
+        Member {
+            id,
+            outbox: Outbox::new(max_outbound_bytes),
+            accepts: RwLock::new(HashSet::new()),
+            auth_time: AtomicU64::new(0),
+        }
+    }
+
+    pub fn accepts(&self, op: i32) -> bool {
+        self.accepts.read().unwrap_or_else(|p| p.into_inner()).contains(&op)
+    }
+
+    /// Apply `f` to the accept set (auth, op 14, op 16).
+    pub fn edit_accepts<R>(&self, f: impl FnOnce(&mut HashSet<i32>) -> R) -> R {
+        f(&mut self.accepts.write().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Where a subject's NATS subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// SUB not yet sent, or not yet confirmed by a round trip.
+    Pending,
+    /// The server has processed the SUB: messages published from now on are delivered.
+    Active,
+    /// The subscription could not be made (the NATS client is gone).
+    Failed,
+}
+
+/// The local members of one subject and the task that owns its NATS subscription.
+#[derive(Debug)]
+pub struct Group {
+    pub subject: String,
+    delivery: Delivery,
+    members: RwLock<HashMap<u64, Arc<Member>>>,
+    state: watch::Sender<SubState>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl Group {
+    /// Local members (the op-3 heartbeat count for a room).
+    pub fn len(&self) -> usize {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Hub {
+    edge_id: String,
+    bridge: Bridge,
+    stats: Arc<Stats>,
+    default_op: i32,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+    keys: Mutex<HashMap<String, Arc<Member>>>,
+}
+
+impl Hub {
+    pub fn new(edge_id: String, bridge: Bridge, stats: Arc<Stats>, default_op: i32) -> Arc<Hub> {
+        Arc::new(Hub {
+            edge_id,
+            bridge,
+            stats,
+            default_op,
+            groups: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn bridge(&self) -> &Bridge {
+        &self.bridge
+    }
+
+    pub fn edge_id(&self) -> &str {
+        &self.edge_id
+    }
+
+    /// Subscribe the control subjects every edge serves: kick notices and the stats responder.
+    pub async fn start_control(self: &Arc<Self>) -> Result<(), crate::bridge::BridgeError> {
+        let mut kicks = self.bridge.subscribe(subjects::KICK).await?;
+        let hub = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = kicks.next().await {
+                hub.on_kick_notice(&msg);
+            }
+        });
+        let stats_subject = format!("ctl.stats.{}", self.edge_id);
+        let mut requests = self.bridge.publisher().subscribe(stats_subject.clone()).await.map_err(
+            |source| crate::bridge::BridgeError::Subscribe { subject: stats_subject, source },
+        )?;
+        let hub = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = requests.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let body = serde_json::to_vec(&hub.stats.snapshot(&hub.edge_id)).unwrap_or_default();
+                if let Err(e) = hub.bridge.publisher().publish(reply, body.into()).await {
+                    warn!(error = %e, "cannot answer stats request");
+                }
+            }
+        });
+        for index in 0..self.bridge_connections() {
+            self.bridge.barrier(index).await;
+        }
+        Ok(())
+    }
+
+    fn bridge_connections(&self) -> usize {
+        // Every index is reachable through client_index' range; the bridge knows its size.
+        self.bridge.connections()
+    }
+
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Group>>> {
+        // Map updates are single inserts/removes; a poisoned lock holds a consistent map.
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add `member` to `subject`; the subject's first local member subscribes on NATS. Returns once
+    /// the server has processed the subscription, so a message published after that is delivered.
+    ///
+    /// The subscription is made by the group's own task, not by this future, so a join abandoned
+    /// half-way (its connection closed) cannot leave the subject half-subscribed for later members.
+    pub async fn join(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>) -> Arc<Group> {
+        let group = {
+            let mut groups = self.lock_groups();
+            let group = match groups.get(subject) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = Arc::new(Group {
+                        subject: subject.to_string(),
+                        delivery,
+                        members: RwLock::new(HashMap::new()),
+                        state: watch::channel(SubState::Pending).0,
+                        task: Mutex::new(None),
+                    });
+                    groups.insert(subject.to_string(), g.clone());
+                    let task = tokio::spawn(self.clone().run_group(g.clone()));
+                    *g.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+                    g
+                }
+            };
+            group.members.write().unwrap_or_else(|p| p.into_inner()).insert(member.id, member.clone());
+            group
+        };
+        let mut state = group.state.subscribe();
+        // An Err means the group's task ended (aborted with the group): nothing left to wait for.
+        let _ = state.wait_for(|s| *s != SubState::Pending).await;
+        group
+    }
+
+    /// A group's task: subscribe, confirm with a round trip, then deliver until aborted (the last
+    /// member left; dropping the Subscriber sends UNSUB).
+    async fn run_group(self: Arc<Self>, group: Arc<Group>) {
+        let mut sub = match self.bridge.subscribe(&group.subject).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(error = %e, "subscription failed; members of this subject receive nothing");
+                group.state.send_replace(SubState::Failed);
+                return;
+            }
+        };
+        self.bridge.barrier(self.bridge.client_index(&group.subject)).await;
+        group.state.send_replace(SubState::Active);
+        debug!(subject = %group.subject, "subscribed");
+        while let Some(msg) = sub.next().await {
+            self.deliver(&group, &msg);
+        }
+    }
+
+    /// Remove `member_id` from `subject`; the last local member's leave unsubscribes.
+    pub fn leave(&self, subject: &str, member_id: u64) {
+        let mut groups = self.lock_groups();
+        let Some(group) = groups.get(subject).cloned() else { return };
+        let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
+        members.remove(&member_id);
+        if members.is_empty() {
+            drop(members);
+            groups.remove(subject);
+            drop(groups);
+            abort_task(&group);
+            debug!(subject, "unsubscribed (last local member left)");
+        }
+    }
+
+    /// Number of distinct subjects this edge is subscribed to for its clients.
+    pub fn subject_count(&self) -> usize {
+        self.lock_groups().len()
+    }
+
+    fn deliver(&self, group: &Group, msg: &Message) {
+        let op = match msg.headers.as_ref().and_then(|h| h.get(subjects::OP_HEADER)) {
+            None => self.default_op,
+            Some(v) => match subjects::parse_op(v.as_str()) {
+                Some(op) => op,
+                None => {
+                    self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);
+                    warn!(subject = %msg.subject, value = v.as_str(), "push refused: Goim-Op is not an int32");
+                    return;
+                }
+            },
+        };
+        let frame = encode_push(op, &msg.payload);
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0u64;
+        for member in members.values() {
+            if group.delivery == Delivery::Accepting && !member.accepts(op) {
+                continue;
+            }
+            match member.outbox.push(Outgoing::Push(frame.clone())) {
+                Ok(()) => delivered += 1,
+                Err(CloseReason::SlowConsumer) => {
+                    // The connection's own task sees the closed outbox, logs and counts the reason.
+                    debug!(member = member.id, subject = %group.subject, "outbound bound exceeded");
+                }
+                Err(_) => {}
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Register `key` for `member` and kick the older holder of the key on this edge; then tell the
+    /// other edges, whose holders are older, to kick theirs.
+    pub async fn claim_key(&self, key: &str, member: &Arc<Member>) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        member.auth_time.store(now, Ordering::Relaxed);
+        let older = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), member.clone());
+        if let Some(older) = older {
+            if older.id != member.id {
+                info!(key, old = older.id, new = member.id, "duplicate key on this edge: kicking the older connection");
+                older.outbox.close(CloseReason::Kicked);
+            }
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(KICK_EDGE, self.edge_id.as_str());
+        headers.insert(KICK_CONN, member.id.to_string().as_str());
+        headers.insert(KICK_AUTH_TIME, now.to_string().as_str());
+        let body = Bytes::from(subjects::escape_token(key));
+        if let Err(e) = self.bridge.publish(subjects::KICK.to_string(), headers, body).await {
+            warn!(error = %e, "cannot announce key to other edges");
+        }
+    }
+
+    /// Forget `key` if `member` still holds it.
+    pub fn release_key(&self, key: &str, member_id: u64) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.get(key).is_some_and(|m| m.id == member_id) {
+            keys.remove(key);
+        }
+    }
+
+    fn on_kick_notice(&self, msg: &Message) {
+        let Some(headers) = msg.headers.as_ref() else { return };
+        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+        let (Some(edge), Some(conn), Some(time)) = (header(KICK_EDGE), header(KICK_CONN), header(KICK_AUTH_TIME)) else {
+            warn!("ignoring malformed kick notice");
+            return;
+        };
+        if edge == self.edge_id {
+            return;
+        }
+        let Ok(key) = std::str::from_utf8(&msg.payload).map_err(|_| ()).and_then(|t| subjects::unescape_token(t).map_err(|_| ())) else {
+            warn!("ignoring kick notice with a malformed key");
+            return;
+        };
+        let their_time: u64 = time.parse().unwrap_or(0);
+        let their_conn: u64 = conn.parse().unwrap_or(0);
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(local) = keys.get(&key) else { return };
+        // The newer auth wins; equal clocks fall back to (edge id, conn id) so exactly one survives.
+        let ours = (local.auth_time.load(Ordering::Relaxed), self.edge_id.as_str(), local.id);
+        let theirs = (their_time, edge.as_str(), their_conn);
+        if ours < theirs {
+            info!(key, conn = local.id, by_edge = %edge, "duplicate key on another edge: kicking ours");
+            local.outbox.close(CloseReason::Kicked);
+        }
+    }
+}
+
+fn abort_task(group: &Group) {
+    if let Some(task) = group.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // Dropping the Subscriber inside the task sends UNSUB.
+        task.abort();
+    }
+}

@@ -1,0 +1,72 @@
+//! `goim-edge --config <file>`: load the TOML config, set up logging, run until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use goim_edge::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "goim-edge", version, about = "goim-compatible TCP/WebSocket edge served from NATS")]
+struct Args {
+    /// TOML config file (see goim-edge.sample.toml); without it every default applies.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("goim-edge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("goim-edge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let edge = match goim_edge::server::start(config).await {
+            Ok(edge) => edge,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+        // One machine-readable line on stdout; the test harness and `make run` wait for it.
+        println!(
+            "goim-edge ready id={} tcp={} ws={}",
+            edge.ctx.hub.edge_id(),
+            show(edge.tcp_addr),
+            show(edge.ws_addr)
+        );
+        tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
+        goim_edge::server::shutdown_signal().await;
+        let snapshot = edge.ctx.stats.snapshot(edge.ctx.hub.edge_id());
+        tracing::info!(stats = %serde_json::to_string(&snapshot).unwrap_or_default(), "final counters");
+        ExitCode::SUCCESS
+    })
+}

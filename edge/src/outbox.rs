@@ -1,0 +1,207 @@
+//! Per-connection outbound queue with a byte bound: the edge's backpressure.
+//!
+//! Producers (the fan-out hub for pushes, the session for replies) append already-encoded packets; the
+//! connection's writer takes everything queued at once and writes it in one go. That is the adaptive
+//! coalescing: an idle connection's writer is parked on the queue and writes a message the moment it
+//! arrives, while a busy one picks up whatever accumulated during its last write. No timer is involved.
+//!
+//! When queued bytes would exceed the bound the connection is closed with `SlowConsumer`: it is never
+//! left connected while some of its messages are dropped, and a producer never waits on a slow client.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::CloseReason;
+
+/// One queued item. Pushes may be coalesced into one op-9 wrapper for WebSocket clients; replies are
+/// always sent as their own packet/message (goim never wraps replies).
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An encoded server push (ver 1, business op, seq 0), shared by all recipients.
+    Push(Bytes),
+    /// An encoded reply to one of this client's packets.
+    Reply(Bytes),
+}
+
+impl Outgoing {
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Push(b) | Outgoing::Reply(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    /// Cancelled on close, so a writer blocked on a socket that is not being read can be abandoned.
+    closed: CancellationToken,
+    limit: usize,
+}
+
+/// What the writer gets from [`Outbox::next_batch`].
+#[derive(Debug)]
+pub enum Batch {
+    Items(Vec<Outgoing>),
+    Closed(CloseReason),
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            closed: CancellationToken::new(),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent (every update is a few
+        // plain field writes), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue an item. Returns `Err(SlowConsumer)` (and closes the outbox) when the bound is
+    /// exceeded, or the earlier reason if the outbox is already closed.
+    pub fn push(&self, item: Outgoing) -> Result<(), CloseReason> {
+        let mut st = self.lock();
+        if let Some(reason) = st.closed {
+            return Err(reason);
+        }
+        if st.bytes + item.len() > self.limit {
+            st.closed = Some(CloseReason::SlowConsumer);
+            st.items.clear();
+            st.bytes = 0;
+            drop(st);
+            self.wake.notify_one();
+            self.closed.cancel();
+            return Err(CloseReason::SlowConsumer);
+        }
+        st.bytes += item.len();
+        st.items.push_back(item);
+        let was_empty = st.items.len() == 1;
+        drop(st);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Close the outbox; the first reason wins. Queued items are discarded: the connection is going.
+    pub fn close(&self, reason: CloseReason) -> CloseReason {
+        let mut st = self.lock();
+        let reason = *st.closed.get_or_insert(reason);
+        st.items.clear();
+        st.bytes = 0;
+        drop(st);
+        self.wake.notify_one();
+        self.closed.cancel();
+        reason
+    }
+
+    /// Resolves once the outbox is closed, with the reason.
+    pub async fn closed(&self) -> CloseReason {
+        self.closed.cancelled().await;
+        self.closed_reason().unwrap_or(CloseReason::ClientGone)
+    }
+
+    /// Why the outbox was closed, if it was.
+    pub fn closed_reason(&self) -> Option<CloseReason> {
+        self.lock().closed
+    }
+
+    /// Wait for queued items (all of them, in order) or for the close.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            // Register interest before checking, so a push between the check and the await is seen.
+            let notified = self.wake.notified();
+            {
+                let mut st = self.lock();
+                if let Some(reason) = st.closed {
+                    return Batch::Closed(reason);
+                }
+                if !st.items.is_empty() {
+                    st.bytes = 0;
+                    return Batch::Items(st.items.drain(..).collect());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_everything_queued_in_order() {
+        let o = Outbox::new(1024);
+        o.push(Outgoing::Push(Bytes::from_static(b"a"))).unwrap();
+        o.push(Outgoing::Reply(Bytes::from_static(b"bb"))).unwrap();
+        assert_eq!(o.queued_bytes(), 3);
+        match o.next_batch().await {
+            Batch::Items(items) => {
+                assert_eq!(items.len(), 2);
+                assert!(matches!(&items[0], Outgoing::Push(b) if b.as_ref() == b"a"));
+                assert!(matches!(&items[1], Outgoing::Reply(b) if b.as_ref() == b"bb"));
+            }
+            Batch::Closed(r) => panic!("closed: {r:?}"),
+        }
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn exceeding_the_bound_closes_as_slow_consumer() {
+        let o = Outbox::new(10);
+        o.push(Outgoing::Push(Bytes::from_static(b"12345678"))).unwrap();
+        assert_eq!(
+            o.push(Outgoing::Push(Bytes::from_static(b"123"))),
+            Err(CloseReason::SlowConsumer)
+        );
+        // Later pushes are refused with the same reason, and the writer sees the close.
+        assert_eq!(o.push(Outgoing::Push(Bytes::from_static(b"1"))), Err(CloseReason::SlowConsumer));
+        assert!(matches!(o.next_batch().await, Batch::Closed(CloseReason::SlowConsumer)));
+    }
+
+    #[tokio::test]
+    async fn writer_wakes_on_push() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let writer = tokio::spawn(async move { o2.next_batch().await });
+        tokio::task::yield_now().await;
+        o.push(Outgoing::Push(Bytes::from_static(b"x"))).unwrap();
+        assert!(matches!(writer.await.unwrap(), Batch::Items(v) if v.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn first_close_reason_wins() {
+        let o = Outbox::new(100);
+        assert_eq!(o.close(CloseReason::Kicked), CloseReason::Kicked);
+        assert_eq!(o.close(CloseReason::IdleTimeout), CloseReason::Kicked);
+        assert_eq!(o.closed_reason(), Some(CloseReason::Kicked));
+    }
+}

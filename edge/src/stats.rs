@@ -1,0 +1,119 @@
+//! Counters of the edge: live connections and every reason a connection was closed or a push refused.
+//! They are plain atomics, read by the stats responder (`ctl.stats.<edge id>` on NATS) and logged at exit.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Why the edge closed (or lost) a connection. Every close is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or the socket failed.
+    ClientGone,
+    /// No successful auth within the handshake timeout.
+    HandshakeTimeout,
+    /// No op-2 heartbeat within the idle timeout.
+    IdleTimeout,
+    /// A packet violated goim's framing (headerLen, packLen, truncated WebSocket frame, …).
+    ProtocolError,
+    /// The auth body was not valid goim auth JSON, or its key or room was out of bounds.
+    BadAuth,
+    /// Another connection with the same key authenticated (on this or another edge).
+    Kicked,
+    /// The client did not read fast enough: its outbound queue exceeded `limits.max_outbound_bytes`.
+    SlowConsumer,
+    /// The edge is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::ClientGone,
+        CloseReason::HandshakeTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::ProtocolError,
+        CloseReason::BadAuth,
+        CloseReason::Kicked,
+        CloseReason::SlowConsumer,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::BadAuth => "bad_auth",
+            CloseReason::Kicked => "kicked",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    fn index(self) -> usize {
+        CloseReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Accepted sockets that have not closed yet (authenticated or not).
+    pub connections: AtomicI64,
+    /// Connections that completed auth.
+    pub authenticated: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Pushes delivered into connection queues.
+    pub delivered: AtomicU64,
+    /// Pushes refused because their `Goim-Op` header was not an int32.
+    pub bad_push_op: AtomicU64,
+    /// Op-4 messages published on the ingress subject.
+    pub ingress: AtomicU64,
+    /// Op-4 messages that could not be handed to NATS.
+    pub ingress_failed: AtomicU64,
+}
+
+impl Stats {
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self, id: &str) -> Snapshot {
+        Snapshot {
+            id: id.to_string(),
+            connections: self.connections.load(Ordering::Relaxed),
+            authenticated: self.authenticated.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            bad_push_op: self.bad_push_op.load(Ordering::Relaxed),
+            ingress: self.ingress.load(Ordering::Relaxed),
+            ingress_failed: self.ingress_failed.load(Ordering::Relaxed),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), self.closed_count(*r)))
+                .collect(),
+        }
+    }
+}
+
+/// The JSON answer of `ctl.stats.<edge id>`.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub connections: i64,
+    pub authenticated: u64,
+    pub delivered: u64,
+    pub bad_push_op: u64,
+    pub ingress: u64,
+    pub ingress_failed: u64,
+    pub closed: std::collections::BTreeMap<String, u64>,
+}
