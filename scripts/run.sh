@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Started by `make run`: nats-server with nats-conf/dev.conf, then goim-edge with its sample config.
+# Stays in the foreground; Ctrl-C (or `make stop` from elsewhere) stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN=${NATS_SERVER_BIN:-nats-server}
+EDGE_BIN=target/release/goim-edge
+EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.sample.toml}
+RUN=.state/run
+LOGS=.state/logs
+mkdir -p "$RUN" "$LOGS"
+
+if [[ -f $RUN/nats-server.pid ]] && kill -0 "$(cat "$RUN/nats-server.pid")" 2>/dev/null; then
+  echo "already running (pid $(cat "$RUN/nats-server.pid")); use 'make stop' first" >&2
+  exit 1
+fi
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -f "$RUN"/*.pid
+  echo "stopped"
+}
+trap cleanup INT TERM EXIT
+
+# Wait (bounded) until file $1 contains the fixed string $2.
+await_line() {
+  local file=$1 text=$2 what=$3
+  for _ in $(seq 1 200); do
+    grep -qF "$text" "$file" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$what did not start; see $file" >&2
+  tail -n 20 "$file" >&2
+  exit 1
+}
+
+: > "$LOGS/nats-server.log"
+"$NATS_SERVER_BIN" -c nats-conf/dev.conf >"$LOGS/nats-server.log" 2>&1 &
+pids+=($!); echo $! > "$RUN/nats-server.pid"
+await_line "$LOGS/nats-server.log" "Server is ready" nats-server
+
+: > "$LOGS/goim-edge.out"
+"$EDGE_BIN" --config "$EDGE_CONFIG" >"$LOGS/goim-edge.out" 2> >(tee -a "$LOGS/goim-edge.log" >&2) &
+pids+=($!); echo $! > "$RUN/goim-edge.pid"
+await_line "$LOGS/goim-edge.out" "goim-edge ready" goim-edge
+
+cat <<MSG
+
+  goim-nats is running.
+    $(cat "$LOGS/goim-edge.out")
+    goim TCP clients       -> 127.0.0.1:3101
+    goim WebSocket clients -> ws://127.0.0.1:3102/sub
+    NATS                   -> nats://127.0.0.1:4222   (monitoring http://127.0.0.1:8222, nats.ws ws://127.0.0.1:8080)
+
+  Push to a room:  nats pub -H 'Goim-Op:1000' room.live.1000 '{"test":1}'
+  Push to a user:  nats pub user.123 'hello'
+  Logs: $LOGS/   Stop: Ctrl-C here, or 'make stop'.
+
+MSG
+
+# Exit (and stop the other) as soon as either process ends.
+wait -n "${pids[@]}"

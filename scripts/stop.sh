@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make stop`: stop what scripts/run.sh started, by its pid files.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+found=0
+for f in .state/run/goim-edge.pid .state/run/nats-server.pid; do
+  [[ -f $f ]] || continue
+  pid=$(cat "$f")
+  if kill "$pid" 2>/dev/null; then
+    found=1
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  rm -f "$f"
+done
+[[ $found == 1 ]] && echo "stopped" || echo "nothing running"
