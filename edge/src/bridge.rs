@@ -80,6 +80,18 @@ impl Bridge {
         }
     }
 
+    /// A request on the publishing connection, bounded by `timeout`.
+    pub async fn request(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<async_nats::Message, async_nats::RequestError> {
+        let req = async_nats::Request::new().headers(headers).payload(payload).timeout(Some(timeout));
+        self.publisher().send_request(subject, req).await
+    }
+
     pub async fn publish(
         &self,
         subject: String,
@@ -96,7 +108,11 @@ impl Bridge {
 async fn connect_one(cfg: &NatsConfig, edge_id: &str, index: usize) -> Client {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new();
+        if !cfg.user.is_empty() {
+            opts = opts.user_and_password(cfg.user.clone(), cfg.password.clone());
+        }
+        let opts = opts
             .name(format!("{}:{edge_id}:{index}", cfg.name))
             .subscription_capacity(cfg.subscription_capacity)
             .request_timeout(Some(Duration::from_secs(5)))

@@ -82,16 +82,59 @@ impl SessionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
-    /// goim's behaviour: the body is trusted as it comes (mid, key, room, accepts). Any `token` field
-    /// is ignored. Token verification arrives with authsvc.
+    /// The secure default: the auth body carries a `token` minted by authsvc, verified locally
+    /// (signature, issuer, audience, expiry); its claims bound mid, key, rooms, accepts and op 4.
     #[default]
+    Token,
+    /// For unmodified goim clients: the raw auth body goes to authsvc (`auth.connect`), whose policy
+    /// answers with a token for the connection (goim's comet → logic Connect).
+    Delegated,
+    /// goim's behaviour: the body is trusted as it comes; no verification at all. Development and
+    /// migration only.
     TrustBody,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// A token verification key the edge loads from a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    pub id: String,
+    #[serde(default)]
+    pub alg: goim_token::Algorithm,
+    /// EdDSA: PKCS#8 PEM public (or private) key; HS256: the shared secret file.
+    pub file: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// Required `iss` of tokens.
+    pub issuer: String,
+    /// Required `aud` of tokens.
+    pub audience: String,
+    /// Clock skew tolerated on exp/nbf (seconds).
+    pub leeway_secs: u64,
+    /// Verification keys from files (the current and, during rotation, previous ones).
+    pub keys: Vec<TokenKeyConfig>,
+    /// Also accept the keys authsvc publishes on NATS (`auth.keys`), replaced on every announcement.
+    pub keys_from_nats: bool,
+    /// Delegated mode: how long authsvc may take to decide a connect.
+    pub delegate_timeout_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Token,
+            issuer: "goim-authsvc".into(),
+            audience: "goim".into(),
+            leeway_secs: 5,
+            keys: Vec::new(),
+            keys_from_nats: true,
+            delegate_timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +146,9 @@ pub struct NatsConfig {
     pub connections: usize,
     /// Connection name shown in the server's monitoring endpoint.
     pub name: String,
+    /// Credentials of the edge role (nats-conf/dev.conf: user "edge"); empty = none.
+    pub user: String,
+    pub password: String,
     /// Messages one subscription may queue in the client before the server's messages are dropped
     /// (async-nats `subscription_capacity`).
     pub subscription_capacity: usize,
@@ -114,6 +160,8 @@ impl Default for NatsConfig {
             urls: vec!["nats://127.0.0.1:4222".into()],
             connections: 2,
             name: "goim-edge".into(),
+            user: String::new(),
+            password: String::new(),
             subscription_capacity: 65_536,
         }
     }
@@ -195,12 +243,20 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut cfg = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => {
                 ConfigError::Parse { path: path.display().to_string(), source }
             }
             other => other,
-        })
+        })?;
+        // Key files are relative to the config file's folder.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for k in &mut cfg.auth.keys {
+            if k.file.is_relative() {
+                k.file = base.join(&k.file);
+            }
+        }
+        Ok(cfg)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -241,6 +297,9 @@ impl Config {
         if self.limits.max_outbound_bytes < 4096 {
             return invalid("limits.max_outbound_bytes must be at least 4096");
         }
+        if self.auth.mode != AuthMode::TrustBody && self.auth.keys.is_empty() && !self.auth.keys_from_nats {
+            return invalid("auth.mode needs token keys: set auth.keys or auth.keys_from_nats = true");
+        }
         if self.limits.max_ws_message_bytes < 16 {
             return invalid("limits.max_ws_message_bytes must be at least 16");
         }
@@ -262,7 +321,8 @@ mod tests {
         assert_eq!(c.session.idle_timeout(), Duration::from_secs(480));
         assert_eq!(c.push.default_op, 1000);
         assert_eq!(c.limits.max_outbound_bytes, 256 * 1024);
-        assert_eq!(c.auth.mode, AuthMode::TrustBody);
+        assert_eq!(c.auth.mode, AuthMode::Token);
+        assert!(c.auth.keys_from_nats);
     }
 
     #[test]
@@ -284,13 +344,19 @@ mod tests {
         assert_eq!(c.limits.max_accepts, d.limits.max_accepts);
         assert_eq!(c.limits.max_ws_message_bytes, d.limits.max_ws_message_bytes);
         assert_eq!(c.log.level, d.log.level);
+        assert_eq!(c.auth.mode, d.auth.mode);
+        assert_eq!(c.auth.issuer, d.auth.issuer);
+        assert_eq!(c.auth.audience, d.auth.audience);
+        assert_eq!(c.auth.leeway_secs, d.auth.leeway_secs);
+        assert_eq!(c.auth.keys_from_nats, d.auth.keys_from_nats);
+        assert_eq!(c.auth.delegate_timeout_ms, d.auth.delegate_timeout_ms);
     }
 
     #[test]
     fn bad_values_are_named() {
         let e = Config::parse("[listen]\ntcp = \"nope\"").unwrap_err().to_string();
         assert!(e.contains("listen.tcp"), "{e}");
-        let e = Config::parse("[auth]\nmode = \"token\"").unwrap_err().to_string();
+        let e = Config::parse("[auth]\nmode = \"tokens\"").unwrap_err().to_string();
         assert!(e.contains("mode"), "{e}");
         let e = Config::parse("[nats]\nurl = \"x\"").unwrap_err().to_string();
         assert!(e.contains("url"), "{e}");

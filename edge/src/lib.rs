@@ -1,10 +1,11 @@
 //! goim-edge: a goim-compatible TCP/WebSocket edge that serves clients straight from NATS subjects.
 //!
-//! Layout: `protocol` (the wire codec, pure), `subjects` (the NATS subject map, pure), `config`,
+//! Layout: `access` (token verification and delegated connects), `protocol` (the wire codec, pure), `subjects` (the NATS subject map, pure), `config`,
 //! `session` (one client's state machine), `outbox` (per-connection bounded queue), `hub` (subject
 //! membership and fan-out), `bridge` (the shared NATS connections), `transport` (TCP and WebSocket
 //! I/O), `server` (listeners and start-up), `stats` (counters).
 
+pub mod access;
 pub mod bridge;
 pub mod config;
 pub mod hub;

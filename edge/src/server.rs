@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tracing::{debug, info, warn};
 
+use crate::access::Access;
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -27,6 +28,7 @@ use crate::transport::serve;
 pub struct EdgeContext {
     pub config: Config,
     pub hub: Arc<Hub>,
+    pub access: Arc<Access>,
     pub stats: Arc<Stats>,
     pub next_conn_id: AtomicU64,
 }
@@ -37,6 +39,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// A started edge: listeners bound, NATS connected, control subjects served.
@@ -81,6 +85,10 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     let edge_id = if config.edge.id.is_empty() { default_edge_id() } else { config.edge.id.clone() };
     let stats = Arc::new(Stats::default());
     let bridge = Bridge::connect(&config.nats, &edge_id).await;
+    let access = Access::start(&config.auth, &bridge, &edge_id).await?;
+    if config.auth.mode == crate::config::AuthMode::TrustBody {
+        warn!("auth.mode = trust-body: auth bodies are trusted as they come (goim's behaviour); no tokens are checked");
+    }
     let hub = Hub::new(edge_id, bridge, stats.clone(), config.push.default_op);
     hub.start_control().await?;
 
@@ -94,7 +102,7 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     } else {
         Some(bind(&config.listen.ws, config.listen.reuse_port, config.listen.backlog)?)
     };
-    let ctx = Arc::new(EdgeContext { config, hub, stats, next_conn_id: AtomicU64::new(1) });
+    let ctx = Arc::new(EdgeContext { config, hub, access, stats, next_conn_id: AtomicU64::new(1) });
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = tcp {

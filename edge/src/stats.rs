@@ -22,12 +22,21 @@ pub enum CloseReason {
     Kicked,
     /// The client did not read fast enough: its outbound queue exceeded `limits.max_outbound_bytes`.
     SlowConsumer,
+    /// The token was missing, forged, expired, not yet valid, for another issuer or audience, or
+    /// authsvc refused the delegated connect (the precise reason is counted in `denied`).
+    BadToken,
+    /// The token's claims do not cover what the client asked for (mid, key, room, accepts).
+    OutOfScope,
+    /// The token expired and the client sent no fresh one (or delegated renewal was refused).
+    TokenExpired,
+    /// Delegated mode: authsvc did not answer in time.
+    AuthUnavailable,
     /// The edge is shutting down.
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientGone,
         CloseReason::HandshakeTimeout,
         CloseReason::IdleTimeout,
@@ -35,6 +44,10 @@ impl CloseReason {
         CloseReason::BadAuth,
         CloseReason::Kicked,
         CloseReason::SlowConsumer,
+        CloseReason::BadToken,
+        CloseReason::OutOfScope,
+        CloseReason::TokenExpired,
+        CloseReason::AuthUnavailable,
         CloseReason::Shutdown,
     ];
 
@@ -47,6 +60,10 @@ impl CloseReason {
             CloseReason::BadAuth => "bad_auth",
             CloseReason::Kicked => "kicked",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::BadToken => "bad_token",
+            CloseReason::OutOfScope => "out_of_scope",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::AuthUnavailable => "auth_unavailable",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -77,6 +94,10 @@ pub struct Stats {
     pub ingress: AtomicU64,
     /// Op-4 messages that could not be handed to NATS.
     pub ingress_failed: AtomicU64,
+    /// Op-4 messages not forwarded because the token grants no ingress.
+    pub ingress_denied: AtomicU64,
+    /// Tokens refused at auth or refresh, by reason (`expired`, `bad_signature`, …).
+    denied: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
@@ -88,6 +109,10 @@ impl Stats {
         self.closed[reason.index()].load(Ordering::Relaxed)
     }
 
+    pub fn count_denied(&self, reason: &'static str) {
+        *self.denied.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
     pub fn snapshot(&self, id: &str) -> Snapshot {
         Snapshot {
             id: id.to_string(),
@@ -97,6 +122,14 @@ impl Stats {
             bad_push_op: self.bad_push_op.load(Ordering::Relaxed),
             ingress: self.ingress.load(Ordering::Relaxed),
             ingress_failed: self.ingress_failed.load(Ordering::Relaxed),
+            ingress_denied: self.ingress_denied.load(Ordering::Relaxed),
+            denied: self
+                .denied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             closed: CloseReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.closed_count(*r)))
@@ -115,5 +148,7 @@ pub struct Snapshot {
     pub bad_push_op: u64,
     pub ingress: u64,
     pub ingress_failed: u64,
+    pub ingress_denied: u64,
+    pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }

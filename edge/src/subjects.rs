@@ -19,6 +19,14 @@ pub const BROADCAST: &str = "broadcast";
 pub const INGRESS_PREFIX: &str = "ingress";
 /// Edge-to-edge notice that a key has (re)connected somewhere: older holders are kicked.
 pub const KICK: &str = "ctl.kick";
+/// authsvc: mint a token (request/reply, JSON grant → token).
+pub const AUTH_MINT: &str = "auth.mint";
+/// authsvc: decide a delegated goim connect (request/reply, raw auth body → token).
+pub const AUTH_CONNECT: &str = "auth.connect";
+/// authsvc: the public token keys (JWKS), published at start and on request via [`AUTH_KEYS_GET`].
+pub const AUTH_KEYS: &str = "auth.keys";
+/// authsvc: ask for the public token keys (request/reply).
+pub const AUTH_KEYS_GET: &str = "auth.keys.get";
 /// Header carrying the business op of a push.
 pub const OP_HEADER: &str = "Goim-Op";
 

@@ -1,20 +1,27 @@
 //! One client's goim session: the state machine from accept to close, independent of the transport.
 //!
-//! The transport (`crate::transport`) feeds decoded packets to [`Session::on_packet`] and watches
-//! [`Session::deadline`]; the session answers through the member's outbox and joins or leaves hub
-//! subjects. States: `Handshake` (packets other than op 7 are ignored, the handshake timer runs) and
-//! `Active` (heartbeat, change room, sub/unsub, send message, echo of anything else), as goim's comet.
+//! The transport (`crate::transport`) feeds decoded packets to [`Session::on_packet`] and calls
+//! [`Session::on_deadline`] when [`Session::deadline`] passes; the session answers through the
+//! member's outbox and joins or leaves hub subjects. States: `Handshake` (packets other than op 7 are
+//! ignored, the handshake timer runs) and `Active` (heartbeat, change room, sub/unsub, send message,
+//! echo of anything else), as goim's comet. In token and delegated modes the session also holds the
+//! token's claims and enforces them on every request, and closes at the token's expiry unless it
+//! was refreshed (token mode: a new op 7 in-band; delegated mode: the edge asks authsvc again).
 
 pub mod auth;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
+use goim_token::Claims;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::access::Denied;
 use crate::config::AuthMode;
 use crate::hub::{Delivery, Group, Member};
 use crate::outbox::Outgoing;
@@ -23,13 +30,15 @@ use crate::server::EdgeContext;
 use crate::stats::CloseReason;
 use crate::subjects;
 
+use self::auth::AuthBody;
+
 /// Headers of an ingress (op 4) message.
 pub const INGRESS_MID: &str = "Goim-Mid";
 pub const INGRESS_KEY: &str = "Goim-Key";
 pub const INGRESS_ROOM: &str = "Goim-Room";
 pub const INGRESS_EDGE: &str = "Goim-Edge";
 
-/// What the transport should do after a packet.
+/// What the transport should do after a packet or a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
@@ -43,11 +52,29 @@ struct Room {
     group: Arc<Group>,
 }
 
+/// What a verified token allows, and until when.
+#[derive(Debug)]
+struct Scope {
+    claims: Claims,
+    expires_at: Instant,
+}
+
+impl Scope {
+    fn new(claims: Claims) -> Scope {
+        let left = claims.exp.saturating_sub(goim_token::now_secs());
+        Scope { claims, expires_at: Instant::now() + Duration::from_secs(left) }
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     mid: i64,
     key: String,
     room: Option<Room>,
+    /// None in trust-body mode: everything goim allows is allowed.
+    scope: Option<Box<Scope>>,
+    /// Delegated mode: the auth body, sent to authsvc again to renew the grant at its expiry.
+    delegated_body: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -63,6 +90,7 @@ pub struct Session {
     member: Arc<Member>,
     peer: SocketAddr,
     state: State,
+    /// Handshake deadline, then the idle (heartbeat) deadline.
     deadline: Instant,
     /// Every subject this member may have joined, recorded before the join is awaited, so that
     /// [`Session::finish`] leaves them all even if the connection ends half-way through an auth.
@@ -97,16 +125,38 @@ impl Session {
         &self.member
     }
 
-    /// When the connection must close unless something resets the timer.
+    /// When [`Session::on_deadline`] must run: the handshake or idle deadline, or the token's expiry.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        match &self.state {
+            State::Active(Active { scope: Some(scope), .. }) => self.deadline.min(scope.expires_at),
+            _ => self.deadline,
+        }
     }
 
-    /// The reason to give when [`Session::deadline`] passes.
-    pub fn timeout_reason(&self) -> CloseReason {
-        match self.state {
-            State::Handshake => CloseReason::HandshakeTimeout,
-            State::Active(_) => CloseReason::IdleTimeout,
+    /// The deadline passed: close with its reason, or renew a delegated grant.
+    pub async fn on_deadline(&mut self) -> Flow {
+        let now = Instant::now();
+        let active = match &mut self.state {
+            State::Handshake => return Flow::Close(CloseReason::HandshakeTimeout),
+            State::Active(a) => a,
+        };
+        if now >= self.deadline {
+            return Flow::Close(CloseReason::IdleTimeout);
+        }
+        let Some(body) = active.delegated_body.clone() else {
+            info!(peer = %self.peer, mid = active.mid, "token expired without an in-band refresh");
+            return Flow::Close(CloseReason::TokenExpired);
+        };
+        match self.ctx.access.delegate(&body, &self.peer.to_string()).await {
+            Ok(claims) => match self.apply_refresh(claims) {
+                Ok(()) => Flow::Continue,
+                Err(reason) => Flow::Close(reason),
+            },
+            Err(denied) => {
+                self.ctx.stats.count_denied(denied.reason());
+                info!(peer = %self.peer, error = %denied, "delegated grant not renewed");
+                Flow::Close(CloseReason::TokenExpired)
+            }
         }
     }
 
@@ -114,6 +164,13 @@ impl Session {
         match self.member.outbox.push(Outgoing::Reply(packet.encode())) {
             Ok(()) => Flow::Continue,
             Err(reason) => Flow::Close(reason),
+        }
+    }
+
+    fn scope(&self) -> Option<&Claims> {
+        match &self.state {
+            State::Active(Active { scope: Some(s), .. }) => Some(&s.claims),
+            _ => None,
         }
     }
 
@@ -147,30 +204,58 @@ impl Session {
             }
             op::SEND_MSG => {
                 self.publish_ingress(&p).await;
-                self.reply(p.reply(p.op, bytes::Bytes::new()))
+                self.reply(p.reply(p.op, Bytes::new()))
             }
+            op::AUTH if self.ctx.access.mode == AuthMode::Token => self.refresh(p),
             // goim's default path: any other op (0, 7, business numbers, …) is echoed, body empty.
-            _ => self.reply(p.reply(p.op, bytes::Bytes::new())),
+            _ => self.reply(p.reply(p.op, Bytes::new())),
         }
     }
 
+    /// Refuse a connect: count and log the reason; goim's reaction is a close without reply.
+    fn deny(&self, denied: Denied) -> Flow {
+        self.ctx.stats.count_denied(denied.reason());
+        info!(peer = %self.peer, reason = denied.reason(), error = %denied, "auth refused; closing without reply");
+        Flow::Close(match denied {
+            Denied::Unavailable(_) => CloseReason::AuthUnavailable,
+            _ => CloseReason::BadToken,
+        })
+    }
+
+    fn out_of_scope(&self, what: &str) -> Flow {
+        info!(peer = %self.peer, what, "auth refused: outside the token's scope; closing without reply");
+        Flow::Close(CloseReason::OutOfScope)
+    }
+
     async fn authenticate(&mut self, p: Packet) -> Flow {
-        let limits = &self.ctx.config.limits;
-        let body = match auth::parse_auth_body(&p.body, limits) {
+        let body = match auth::parse_auth_body(&p.body, &self.ctx.config.limits) {
             Ok(body) => body,
             Err(e) => {
                 info!(peer = %self.peer, error = %e, "auth refused; closing without reply");
                 return Flow::Close(CloseReason::BadAuth);
             }
         };
-        match self.ctx.config.auth.mode {
-            AuthMode::TrustBody => {
-                if body.token.is_some() {
-                    debug!(peer = %self.peer, "auth token ignored: auth.mode is trust-body");
-                }
-            }
-        }
-        let key = if body.key.is_empty() { uuid::Uuid::new_v4().to_string() } else { body.key };
+        let claims = match self.ctx.access.mode {
+            AuthMode::TrustBody => None,
+            AuthMode::Token => match body.token.as_deref() {
+                None => return self.deny(Denied::NoToken),
+                Some(token) => match self.ctx.access.verify(token) {
+                    Ok(c) => Some(c),
+                    Err(e) => return self.deny(e.into()),
+                },
+            },
+            AuthMode::Delegated => match self.ctx.access.delegate(&p.body, &self.peer.to_string()).await {
+                Ok(c) => Some(c),
+                Err(denied) => return self.deny(denied),
+            },
+        };
+        let (mid, key) = match &claims {
+            None => (body.mid, if body.key.is_empty() { new_key() } else { body.key.clone() }),
+            Some(c) => match scoped_identity(&body, c) {
+                Ok(identity) => identity,
+                Err(what) => return self.out_of_scope(what),
+            },
+        };
         self.member.edit_accepts(|a| {
             a.clear();
             a.extend(body.accepts.iter().copied());
@@ -181,8 +266,8 @@ impl Session {
             (subjects::BROADCAST.to_string(), Delivery::Accepting),
             (subjects::key_subject(&key), Delivery::Accepting),
         ];
-        if body.mid != 0 {
-            subjects.push((subjects::user_subject(body.mid), Delivery::Accepting));
+        if mid != 0 {
+            subjects.push((subjects::user_subject(mid), Delivery::Accepting));
         }
         for (subject, delivery) in subjects {
             self.joined.push(subject.clone());
@@ -199,15 +284,56 @@ impl Session {
         self.claimed_key = Some(key.clone());
         hub.claim_key(&key, &self.member).await;
 
-        debug!(peer = %self.peer, conn = self.member.id, mid = body.mid, key, room = ?room.as_ref().map(|r| &r.id), platform = body.platform, "authenticated");
-        self.state = State::Active(Active { mid: body.mid, key, room });
+        debug!(peer = %self.peer, conn = self.member.id, mid, key, room = ?room.as_ref().map(|r| &r.id), platform = body.platform, "authenticated");
+        let delegated_body = (self.ctx.access.mode == AuthMode::Delegated).then(|| p.body.clone());
+        self.state = State::Active(Active { mid, key, room, scope: claims.map(|c| Box::new(Scope::new(c))), delegated_body });
         self.ctx.stats.authenticated.fetch_add(1, Ordering::Relaxed);
         self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
-        self.reply(p.reply(op::AUTH_REPLY, bytes::Bytes::new()))
+        self.reply(p.reply(op::AUTH_REPLY, Bytes::new()))
+    }
+
+    /// Token mode, op 7 on an open connection: a fresh token for the same mid (and key) replaces the
+    /// scope and moves the expiry; answered by op 8. Anything invalid closes the connection.
+    fn refresh(&mut self, p: Packet) -> Flow {
+        let token = match auth::parse_auth_body(&p.body, &self.ctx.config.limits) {
+            Ok(AuthBody { token: Some(token), .. }) => token,
+            Ok(_) => return self.deny(Denied::NoToken),
+            Err(e) => {
+                info!(peer = %self.peer, error = %e, "token refresh refused; closing");
+                return Flow::Close(CloseReason::BadAuth);
+            }
+        };
+        let claims = match self.ctx.access.verify(&token) {
+            Ok(c) => c,
+            Err(e) => return self.deny(e.into()),
+        };
+        match self.apply_refresh(claims) {
+            Ok(()) => self.reply(p.reply(op::AUTH_REPLY, Bytes::new())),
+            Err(reason) => Flow::Close(reason),
+        }
+    }
+
+    /// Replace the scope with `claims` (same mid and key), dropping what they no longer allow.
+    fn apply_refresh(&mut self, claims: Claims) -> Result<(), CloseReason> {
+        let State::Active(active) = &mut self.state else { return Err(CloseReason::BadAuth) };
+        if claims.mid != active.mid || claims.key.as_ref().is_some_and(|k| *k != active.key) {
+            info!(peer = %self.peer, mid = active.mid, "refresh refused: token is for another mid or key");
+            return Err(CloseReason::OutOfScope);
+        }
+        if let Some(room) = active.room.as_ref().filter(|r| !claims.may_join(&r.id)) {
+            info!(peer = %self.peer, room = %room.id, "refreshed token no longer covers the room: leaving it");
+            self.ctx.hub.leave(&room.subject, self.member.id);
+            let subject = room.subject.clone();
+            self.joined.retain(|s| *s != subject);
+            active.room = None;
+        }
+        self.member.edit_accepts(|a| a.retain(|op| claims.may_accept(*op)));
+        debug!(peer = %self.peer, mid = active.mid, exp = claims.exp, "token refreshed");
+        active.scope = Some(Box::new(Scope::new(claims)));
+        Ok(())
     }
 
     async fn change_room(&mut self, p: &Packet) {
-        let State::Active(active) = &mut self.state else { return };
         let target = match std::str::from_utf8(&p.body) {
             Ok(id) => match auth::check_room(id, &self.ctx.config.limits) {
                 Ok(()) => Some(id.to_string()),
@@ -221,6 +347,13 @@ impl Session {
                 None
             }
         };
+        if let (Some(target), Some(claims)) = (&target, self.scope()) {
+            if !claims.may_join(target) {
+                info!(peer = %self.peer, room = %target, "change room outside the token's scope: staying");
+                return;
+            }
+        }
+        let State::Active(active) = &mut self.state else { return };
         if let (Some(target), Some(room)) = (&target, &active.room) {
             if *target == room.id {
                 return;
@@ -243,6 +376,14 @@ impl Session {
             debug!(peer = %self.peer, op = p.op, "malformed accept list ignored");
             return;
         };
+        if p.op == op::SUB {
+            if let Some(claims) = self.scope() {
+                if let Some(op) = ops.iter().find(|o| !claims.may_accept(**o)) {
+                    info!(peer = %self.peer, op, "sub ignored: op outside the token's accepts");
+                    return;
+                }
+            }
+        }
         let max = self.ctx.config.limits.max_accepts;
         self.member.edit_accepts(|a| {
             if p.op == op::SUB {
@@ -263,6 +404,13 @@ impl Session {
 
     async fn publish_ingress(&self, p: &Packet) {
         let State::Active(active) = &self.state else { return };
+        if let Some(scope) = &active.scope {
+            if !scope.claims.may_send_ingress() {
+                self.ctx.stats.ingress_denied.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %self.peer, mid = active.mid, "op 4 not forwarded: the token grants no ingress");
+                return;
+            }
+        }
         let room_subject = active.room.as_ref().map(|r| r.subject.as_str());
         let mut headers = HeaderMap::new();
         headers.insert(INGRESS_MID, active.mid.to_string().as_str());
@@ -293,5 +441,71 @@ impl Session {
             hub.release_key(&key, self.member.id);
         }
         self.state = State::Handshake;
+    }
+}
+
+fn new_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The mid and key of a token-scoped connect, or what in the body the token does not cover.
+fn scoped_identity(body: &AuthBody, c: &Claims) -> Result<(i64, String), &'static str> {
+    if body.mid != 0 && body.mid != c.mid {
+        return Err("mid differs from the token's");
+    }
+    let key = match &c.key {
+        Some(k) if body.key.is_empty() || body.key == *k => k.clone(),
+        Some(_) => return Err("key differs from the token's"),
+        // No key in the token: a fresh random key, so no client can take over (or kick) another's.
+        None => new_key(),
+    };
+    if !c.may_join(&body.room_id) {
+        return Err("room");
+    }
+    if body.accepts.iter().any(|op| !c.may_accept(*op)) {
+        return Err("accepts");
+    }
+    Ok((c.mid, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: "9".into(),
+            mid: 9,
+            key: None,
+            rooms: vec!["live://1".into()],
+            room_prefixes: vec![],
+            accepts: vec![1000, 1001],
+            publish: Default::default(),
+            iat: 0,
+            nbf: 0,
+            exp: u64::MAX,
+            jti: "j".into(),
+        }
+    }
+
+    fn body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> AuthBody {
+        AuthBody { mid, key: key.into(), room_id: room.into(), accepts: accepts.to_vec(), ..AuthBody::default() }
+    }
+
+    #[test]
+    fn identity_comes_from_the_token() {
+        let c = claims();
+        let (mid, key) = scoped_identity(&body(0, "chosen", "live://1", &[1000]), &c).unwrap();
+        assert_eq!(mid, 9);
+        assert_ne!(key, "chosen", "without a key claim the client's key is not trusted");
+        assert_eq!(scoped_identity(&body(8, "", "", &[]), &c), Err("mid differs from the token's"));
+        assert_eq!(scoped_identity(&body(9, "", "live://2", &[]), &c), Err("room"));
+        assert_eq!(scoped_identity(&body(9, "", "", &[1002]), &c), Err("accepts"));
+        let bound = Claims { key: Some("dev-1".into()), ..claims() };
+        assert_eq!(scoped_identity(&body(9, "", "", &[]), &bound).unwrap().1, "dev-1");
+        assert_eq!(scoped_identity(&body(9, "dev-1", "", &[]), &bound).unwrap().1, "dev-1");
+        assert_eq!(scoped_identity(&body(9, "dev-2", "", &[]), &bound), Err("key differs from the token's"));
     }
 }

@@ -64,7 +64,11 @@ pub async fn serve<R: PacketReader, W: BatchWriter>(mut session: Session, mut re
                         return CloseReason::ClientGone;
                     }
                 },
-                _ = sleep_until(session.deadline()) => return session.timeout_reason(),
+                _ = sleep_until(session.deadline()) => {
+                    if let Flow::Close(reason) = session.on_deadline().await {
+                        return reason;
+                    }
+                }
             }
         }
     };

@@ -1,0 +1,129 @@
+//! goim-authsvc: the control plane that replaces goim's logic.
+//!
+//! It mints JWT-scoped tokens (`keys` loads the signing keys, `http` and `bus` are the front doors),
+//! decides delegated goim connects (`connect`), and is nats-server's auth callout for native NATS
+//! clients (`callout`, with `natsjwt` for the server's JWT format). `config` holds every setting.
+
+pub mod bus;
+pub mod callout;
+pub mod config;
+pub mod connect;
+pub mod http;
+pub mod keys;
+pub mod natsjwt;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpSocket;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::connect::Connector;
+use crate::state::{AuthState, Stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    #[error("cannot read API key file {path}: {source}")]
+    ApiKeyFile { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("auth callout: {0}")]
+    Callout(String),
+}
+
+/// A started authsvc.
+pub struct Running {
+    pub state: Arc<AuthState>,
+    pub client: async_nats::Client,
+    pub http_addr: Option<SocketAddr>,
+}
+
+fn load_api_keys(cfg: &Config) -> Result<Vec<String>, StartError> {
+    let mut keys: Vec<String> = cfg.http.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
+    for path in &cfg.http.api_key_files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StartError::ApiKeyFile { path: path.display().to_string(), source })?;
+        let key = text.trim_end_matches(['\n', '\r']).to_string();
+        if !key.is_empty() {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// Connect to NATS, retrying (with a logged reason) until the servers answer.
+pub async fn connect_nats(cfg: &config::NatsConfig) -> async_nats::Client {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut opts = async_nats::ConnectOptions::new().name(cfg.name.clone());
+        if !cfg.user.is_empty() {
+            opts = opts.user_and_password(cfg.user.clone(), cfg.password.clone());
+        }
+        match opts.connect(cfg.urls.clone()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                warn!(error = %e, urls = ?cfg.urls, retry_in = ?backoff, "cannot connect to NATS");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn bind(addr: &str, reuse_port: bool) -> Result<tokio::net::TcpListener, StartError> {
+    let err = |source| StartError::Listen { addr: addr.to_string(), source };
+    let sa: SocketAddr = addr.parse().map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let socket = if sa.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
+    socket.bind(sa).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// Load keys, connect to NATS, serve the request subjects, the callout and HTTP.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let keys = keys::load(&cfg)?;
+    info!(signing_key = %keys.minter.key.kid, accepted = ?keys.verifying.kids(), "token keys loaded");
+    let api_keys = load_api_keys(&cfg)?;
+    if api_keys.is_empty() && !cfg.http.listen.is_empty() {
+        info!("no http.api_keys: POST /auth/token is disabled (mint over NATS auth.mint instead)");
+    }
+    let state = Arc::new(AuthState {
+        keys,
+        api_keys,
+        connector: Connector::new(cfg.connect.clone()),
+        stats: Stats::default(),
+    });
+    let client = connect_nats(&cfg.nats).await;
+    bus::serve(state.clone(), client.clone(), &cfg.nats.queue_group).await?;
+    if cfg.callout.enabled {
+        start_callout(&cfg, &state, &client).await?;
+    }
+    let http_addr = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        let listener = bind(&cfg.http.listen, cfg.http.reuse_port)?;
+        let addr = listener.local_addr().ok();
+        let app = http::router(state.clone(), cfg.http.max_body_bytes);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        addr
+    };
+    Ok(Running { state, client, http_addr })
+}
+
+async fn start_callout(_cfg: &Config, _state: &Arc<AuthState>, _client: &async_nats::Client) -> Result<(), StartError> {
+    Err(StartError::Callout("not wired yet".into()))
+}

@@ -1,0 +1,67 @@
+//! What the HTTP and NATS front doors of authsvc share: keys, the minter, the connect policy, counters.
+
+use std::sync::atomic::AtomicU64;
+
+use goim_token::Jwks;
+use serde::Serialize;
+
+use crate::connect::Connector;
+use crate::keys::TokenKeys;
+
+#[derive(Debug)]
+pub struct AuthState {
+    pub keys: TokenKeys,
+    pub api_keys: Vec<String>,
+    pub connector: Connector,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub minted_http: AtomicU64,
+    pub minted_nats: AtomicU64,
+    pub mint_refused: AtomicU64,
+    pub connect_admitted: AtomicU64,
+    pub connect_refused: AtomicU64,
+}
+
+impl AuthState {
+    pub fn jwks(&self) -> Jwks {
+        self.keys.verifying.to_jwks()
+    }
+
+    /// Constant-time comparison against every configured API key.
+    pub fn api_key_ok(&self, presented: &str) -> bool {
+        let mut ok = false;
+        for k in &self.api_keys {
+            ok |= constant_time_eq(k.as_bytes(), presented.as_bytes());
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The answer to a mint request, over HTTP and NATS alike.
+#[derive(Debug, Serialize)]
+pub struct Minted {
+    pub token: String,
+    pub exp: u64,
+    pub jti: String,
+    pub kid: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}
