@@ -185,6 +185,8 @@ pub struct Auth {
     pub room_id: String,
     pub platform: String,
     pub accepts: Vec<i32>,
+    /// authsvc token (token mode); omitted from the body when None.
+    pub token: Option<String>,
 }
 
 impl Auth {
@@ -195,7 +197,12 @@ impl Auth {
             room_id: String::new(),
             platform: "web".into(),
             accepts: vec![],
+            token: None,
         }
+    }
+    pub fn token(mut self, t: &str) -> Auth {
+        self.token = Some(t.into());
+        self
     }
     pub fn key(mut self, k: &str) -> Auth {
         self.key = k.into();
@@ -214,15 +221,17 @@ impl Auth {
         self
     }
     pub fn body(&self) -> Vec<u8> {
-        json!({
+        let mut body = json!({
             "mid": self.mid,
             "key": self.key,
             "room_id": self.room_id,
             "platform": self.platform,
             "accepts": self.accepts,
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some(t) = &self.token {
+            body["token"] = json!(t);
+        }
+        body.to_string().into_bytes()
     }
 }
 

@@ -10,11 +10,14 @@
 //! Binaries: `NATS_SERVER_BIN` / `nats-server` on PATH / `.state/venv/bin/nats-server`;
 //! `GOIM_EDGE_BIN` / `<target>/debug/goim-edge` (build it with `cargo build --workspace --bins`).
 
+pub mod authsvc;
+pub mod callout;
 pub mod edge;
 pub mod goim;
 pub mod nats;
 pub mod process;
 
+pub use authsvc::{AuthSvc, AuthSvcOpts, KeyDir, Webhook};
 pub use edge::{edge_bin, unique_edge_id, Edge, EdgeOpts};
 pub use goim::{raw_packet, unwrap_raw, Auth, Client, Packet, RecvError, Transport, WAIT};
 pub use nats::{http_get, nats_server_bin, NatsMsg, NatsOpts, NatsRaw, NatsServer};
