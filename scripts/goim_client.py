@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal goim TCP client (stdlib only), for trying the edge by hand.
 
-    python3 scripts/goim_client.py [--addr 127.0.0.1:3101] [--mid 123] [--room live://1000] [--accepts 1000,1001,1002]
+    python3 scripts/goim_client.py [--addr 127.0.0.1:3101] [--mid 123] [--room live://1000] [--accepts 1000,1001,1002] [--token T]
 
 It authenticates (op 7) exactly like goim's clients, heartbeats every 30 s and prints every packet it
 receives. TCP clients receive pushes as plain packets; op 3 carries the room's online count.
@@ -37,11 +37,14 @@ def main():
     ap.add_argument("--key", default="")
     ap.add_argument("--room", default="live://1000")
     ap.add_argument("--accepts", default="1000,1001,1002")
+    ap.add_argument("--token", default="", help="goim-authsvc token (edges in auth.mode = token)")
     args = ap.parse_args()
     host, port = args.addr.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)))
     auth = {"mid": args.mid, "key": args.key, "room_id": args.room, "platform": "cli",
             "accepts": [int(x) for x in args.accepts.split(",") if x]}
+    if args.token:
+        auth["token"] = args.token
     sock.sendall(packet(7, json.dumps(auth).encode(), seq=1))
 
     def beat():

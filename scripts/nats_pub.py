@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Publish one message to NATS the way `nats pub` does (stdlib only), for machines without the nats CLI.
 
-    python3 scripts/nats_pub.py [--server 127.0.0.1:4222] [-H Goim-Op:1000] room.live.1000 '{"test":1}'
+    python3 scripts/nats_pub.py [--server 127.0.0.1:4222] [--user backend --password dev-backend] \
+        [-H Goim-Op:1000] room.live.1000 '{"test":1}'
 """
 import argparse
+import json
 import socket
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", default="127.0.0.1:4222")
+    ap.add_argument("--user", default="")
+    ap.add_argument("--password", default="")
     ap.add_argument("-H", "--header", action="append", default=[], help="Name:Value")
     ap.add_argument("subject")
     ap.add_argument("body")
@@ -18,7 +22,10 @@ def main():
     sock = socket.create_connection((host, int(port)))
     sock.recv(65536)  # INFO
     body = args.body.encode()
-    out = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+    connect = {"verbose": False, "pedantic": False, "headers": True}
+    if args.user:
+        connect.update(user=args.user, **{"pass": args.password})
+    out = b"CONNECT " + json.dumps(connect).encode() + b"\r\n"
     if args.header:
         hdr = "NATS/1.0\r\n" + "".join("%s: %s\r\n" % tuple(h.split(":", 1)) for h in args.header) + "\r\n"
         hdr = hdr.encode()

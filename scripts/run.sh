@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Started by `make run`: nats-server with nats-conf/dev.conf, then goim-edge with its sample config.
+# Started by `make run`: nats-server with nats-conf/dev.conf, goim-authsvc and goim-edge with their
+# dev configs (authsvc/goim-authsvc.dev.toml, edge/goim-edge.dev.toml).
 # Stays in the foreground; Ctrl-C (or `make stop` from elsewhere) stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NATS_SERVER_BIN=${NATS_SERVER_BIN:-nats-server}
 EDGE_BIN=target/release/goim-edge
-EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.sample.toml}
+AUTHSVC_BIN=target/release/goim-authsvc
+EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.dev.toml}
+AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-authsvc/goim-authsvc.dev.toml}
 RUN=.state/run
 LOGS=.state/logs
 mkdir -p "$RUN" "$LOGS"
@@ -43,6 +46,11 @@ await_line() {
 pids+=($!); echo $! > "$RUN/nats-server.pid"
 await_line "$LOGS/nats-server.log" "Server is ready" nats-server
 
+: > "$LOGS/goim-authsvc.out"
+"$AUTHSVC_BIN" --config "$AUTHSVC_CONFIG" >"$LOGS/goim-authsvc.out" 2> >(tee -a "$LOGS/goim-authsvc.log" >&2) &
+pids+=($!); echo $! > "$RUN/goim-authsvc.pid"
+await_line "$LOGS/goim-authsvc.out" "goim-authsvc ready" goim-authsvc
+
 : > "$LOGS/goim-edge.out"
 "$EDGE_BIN" --config "$EDGE_CONFIG" >"$LOGS/goim-edge.out" 2> >(tee -a "$LOGS/goim-edge.log" >&2) &
 pids+=($!); echo $! > "$RUN/goim-edge.pid"
@@ -50,14 +58,23 @@ await_line "$LOGS/goim-edge.out" "goim-edge ready" goim-edge
 
 cat <<MSG
 
-  goim-nats is running.
+  goim-nats is running (development credentials: see README, "Credentials").
+    $(cat "$LOGS/goim-authsvc.out")
     $(cat "$LOGS/goim-edge.out")
     goim TCP clients       -> 127.0.0.1:3101
     goim WebSocket clients -> ws://127.0.0.1:3102/sub
+    authsvc HTTP           -> http://127.0.0.1:3111   (API key: dev-api-key)
     NATS                   -> nats://127.0.0.1:4222   (monitoring http://127.0.0.1:8222, nats.ws ws://127.0.0.1:8080)
 
-  Push to a room:  nats pub -H 'Goim-Op:1000' room.live.1000 '{"test":1}'
-  Push to a user:  nats pub user.123 'hello'
+  1. Mint a token:
+     curl -s -H 'Authorization: Bearer dev-api-key' -d '{"mid":123,"rooms":["live://1000"],"accepts":[1000,1001,1002]}' http://127.0.0.1:3111/auth/token
+  2. Connect a goim client with it:
+     python3 scripts/goim_client.py --mid 123 --room live://1000 --token <token>
+  3. Push (as the backend role):
+     nats --user backend --password dev-backend pub -H 'Goim-Op:1000' room.live.1000 '{"test":1}'
+     (without the nats CLI: python3 scripts/nats_pub.py --user backend --password dev-backend -H Goim-Op:1000 room.live.1000 '{"test":1}')
+  4. Or receive natively with the same token: nats --token <token> sub user.123
+
   Logs: $LOGS/   Stop: Ctrl-C here, or 'make stop'.
 
 MSG

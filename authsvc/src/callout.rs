@@ -41,6 +41,23 @@
 //!   an MQTT client.
 //! - A token within the verifier's leeway after `exp` is refused here (the server would disconnect the
 //!   client at once anyway).
+//! - No per-connection limits: nats-server (2.15.1, server-config mode) ignores a callout user JWT's
+//!   `subs`/`data`/`payload` limits (only permissions are applied; measured), so we write `-1`.
+//!
+//! ## What a refused client sees
+//!
+//! Only `Authorization Violation` (async-nats: `ConnectErrorKind::AuthorizationViolation`): the server
+//! does not forward our `nats.error`. The reason is in nats-server's log (`Auth callout service returned
+//! an error: goim token refused: <reason>: <detail>`, WRN) and in authsvc's (`auth callout: connect
+//! refused`, with `reason`), and counted in [`CalloutStats`]. A token that expires while connected ends
+//! the connection with `-ERR 'User Authentication Expired'`; the client's reconnects with the same token
+//! are then refused.
+//!
+//! ## When no replica answers
+//!
+//! nats-server does not detect that nobody subscribes to `$SYS.REQ.USER.AUTH`: each connect waits the
+//! full `authorization.timeout` (2 s by default), then fails with `Authorization Violation`. Clients
+//! already connected are not affected. Run two or more replicas (same queue group).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +83,10 @@ pub const XKEY_HEADER: &str = "Nats-Server-Xkey";
 pub const DEFAULT_QUEUE_GROUP: &str = "goim-authsvc";
 /// A client that can only send user/password connects with this user name and the token as password.
 pub const TOKEN_USER: &str = "token";
+/// Clock difference tolerated between nats-server and authsvc on a request's `exp` (which the server
+/// sets to its auth timeout, 2 s by default). Replays are harmless anyway: an answer is bound to the
+/// user nkey the server generated for one connect.
+pub const REQUEST_CLOCK_LEEWAY_SECS: u64 = 30;
 /// Requests handled concurrently by one replica.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -78,6 +99,24 @@ pub struct CalloutConfig {
     pub xkey_seed: Option<String>,
     /// The account token holders are placed in (`APP`).
     pub account: String,
+}
+
+impl CalloutConfig {
+    /// Read the seeds from files (the text of each: `#` comment lines and blank lines are skipped).
+    pub fn from_files(
+        issuer_seed_file: &std::path::Path,
+        xkey_seed_file: Option<&std::path::Path>,
+        account: &str,
+    ) -> Result<CalloutConfig, CalloutError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| CalloutError::SeedFile(p.display().to_string(), e.to_string()))
+        };
+        Ok(CalloutConfig {
+            issuer_seed: read(issuer_seed_file)?,
+            xkey_seed: xkey_seed_file.map(read).transpose()?,
+            account: account.to_string(),
+        })
+    }
 }
 
 impl std::fmt::Debug for CalloutConfig {
@@ -98,6 +137,8 @@ pub enum CalloutError {
     XkeySeed(String),
     #[error("callout account name is empty")]
     NoAccount,
+    #[error("cannot read seed file {0}: {1}")]
+    SeedFile(String, String),
     #[error("cannot subscribe to {AUTH_SUBJECT}: {0}")]
     Subscribe(String),
 }
@@ -253,9 +294,9 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 ///
 /// Subscribe: `user.<mid>` (mid ≠ 0), `key.<esc key>` (bound key), `broadcast`, each exact room's
 /// subject, `room.<esc type>.*` for each `type://` prefix, and `<inbox prefix>.>`.
-/// Publish: with `publish.ingress`, `ingress.<room subject>` for each exact room, `ingress.room.<esc
-/// type>.*` for each `type://` prefix, and `ingress.none`; the subjects of `publish.rooms` and
-/// `publish.room_prefixes` (same mapping); `user.<mid>` for each of `publish.users`.
+/// Publish: the subjects of `publish.rooms` and `publish.room_prefixes` (same mapping) and
+/// `user.<mid>` for each of `publish.users`. Never `ingress.…` (only edges write ingress, whose
+/// identity headers consumers trust); `publish.ingress` is for goim clients' op 4.
 ///
 /// The publish list may be empty: [`user_permissions`] then denies everything (an empty allow list means
 /// "anything" to nats-server).
@@ -282,17 +323,9 @@ pub fn nats_permissions(claims: &Claims) -> (Vec<String>, Vec<String>) {
 
     let mut publ = Vec::new();
     let rights = &claims.publish;
-    if rights.ingress {
-        for r in &claims.rooms {
-            push_unique(&mut publ, ingress_subject(Some(&room_subject(r))));
-        }
-        for p in &claims.room_prefixes {
-            if let Some(w) = room_prefix_wildcard(p) {
-                push_unique(&mut publ, ingress_subject(Some(&w)));
-            }
-        }
-        push_unique(&mut publ, ingress_subject(None));
-    }
+    // No `ingress.…` for native clients, whatever `publish.ingress` says: ingress messages carry the
+    // sender's identity in headers (Goim-Mid, Goim-Key) that consumers trust because only edges
+    // write them; a native client could set any headers it likes.
     for r in &rights.rooms {
         push_unique(&mut publ, room_subject(r));
     }
@@ -441,7 +474,12 @@ impl Callout {
         let jwt = std::str::from_utf8(&jwt_bytes).map_err(|_| RequestError::NotARequest("not UTF-8".into()))?;
 
         // 2. A genuine authorization request, signed by the server that asks.
-        let decoded = natsjwt::decode_verified(jwt, ExpectedIssuer::AnyOfKind(KeyKind::Server))?;
+        let decoded = natsjwt::decode_verified_at(
+            jwt,
+            ExpectedIssuer::AnyOfKind(KeyKind::Server),
+            goim_token::now_secs(),
+            REQUEST_CLOCK_LEEWAY_SECS,
+        )?;
         let req: AuthRequestClaims = decoded.claims_as()?;
         if req.aud != AUTH_REQUEST_AUDIENCE {
             return Err(RequestError::NotARequest(format!("aud {:?}", req.aud)));
@@ -514,10 +552,30 @@ impl Callout {
     /// subscription ends (the client is closed or drained). `client` must be a user of the callout
     /// account (one of `auth_callout.auth_users`).
     pub async fn serve(self: Arc<Self>, client: async_nats::Client, queue_group: &str) -> Result<(), CalloutError> {
-        let mut sub = client
+        let sub = client
             .queue_subscribe(AUTH_SUBJECT, queue_group.to_string())
             .await
             .map_err(|e| CalloutError::Subscribe(e.to_string()))?;
+        self.serve_subscription(client, sub, queue_group).await;
+        Ok(())
+    }
+
+    /// Subscribe now (a subscribe error is returned here), then answer requests in a spawned task,
+    /// which ends when the subscription does.
+    pub async fn spawn(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        queue_group: &str,
+    ) -> Result<tokio::task::JoinHandle<()>, CalloutError> {
+        let sub = client
+            .queue_subscribe(AUTH_SUBJECT, queue_group.to_string())
+            .await
+            .map_err(|e| CalloutError::Subscribe(e.to_string()))?;
+        let group = queue_group.to_string();
+        Ok(tokio::spawn(async move { self.serve_subscription(client, sub, &group).await }))
+    }
+
+    async fn serve_subscription(self: Arc<Self>, client: async_nats::Client, mut sub: async_nats::Subscriber, queue_group: &str) {
         info!(issuer = %self.issuer_public, xkey = ?self.xkey_public_key(), account = %self.account,
               queue_group, "auth callout: serving {AUTH_SUBJECT}");
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -545,7 +603,6 @@ impl Callout {
             });
         }
         info!("auth callout: subscription ended");
-        Ok(())
     }
 }
 
@@ -676,13 +733,6 @@ mod tests {
         assert_eq!(
             publ,
             vec![
-                "ingress.room.live.=3E",
-                "ingress.room.=2A",
-                "ingress.room.=3E",
-                "ingress.room.live.a=2Eb=20c",
-                "ingress.room.x=0D=0APUB=20y",
-                "ingress.room.=3E.*",
-                "ingress.none",
                 "room.live.=2A",
                 "room.=2A.*",
                 "user.7"
@@ -852,6 +902,15 @@ mod tests {
         // Another server's key than the one named in server_id.
         let other = natsjwt::encode(&claims, &KeyPair::new_server()).unwrap();
         assert!(matches!(f.callout.answer(other.as_bytes(), None), Err(RequestError::NotARequest(_))));
+        // Expired beyond the clock leeway (a little past exp is tolerated).
+        let now = goim_token::now_secs();
+        let mut old = claims.clone();
+        old["exp"] = json!(now - REQUEST_CLOCK_LEEWAY_SECS - 5);
+        let stale = natsjwt::encode(&old, &f.server).unwrap();
+        assert_eq!(f.callout.answer(stale.as_bytes(), None).unwrap_err(), RequestError::Jwt(natsjwt::JwtError::Expired));
+        old["exp"] = json!(now - 3);
+        let late = natsjwt::encode(&old, &f.server).unwrap();
+        assert!(f.callout.answer(late.as_bytes(), None).is_ok());
         // Wrong audience.
         claims["aud"] = json!("something-else");
         let wrong_aud = natsjwt::encode(&claims, &f.server).unwrap();
@@ -862,7 +921,7 @@ mod tests {
             RequestError::EncryptedWithoutXkey
         );
         assert!(f.callout.answer(b"\xff\xfe", None).is_err());
-        assert_eq!(f.callout.stats().snapshot().bad_request, 5);
+        assert_eq!(f.callout.stats().snapshot().bad_request, 6);
     }
 
     #[test]
@@ -913,8 +972,42 @@ mod tests {
         assert!(matches!(Callout::new(CalloutConfig { issuer_seed: "nope".into(), ..ok.clone() }, v.clone()), Err(CalloutError::IssuerSeed(_))));
         assert!(matches!(Callout::new(CalloutConfig { xkey_seed: Some(keys.issuer_seed.clone()), ..ok.clone() }, v.clone()), Err(CalloutError::XkeySeed(_))));
         assert!(matches!(Callout::new(CalloutConfig { account: " ".into(), ..ok.clone() }, v.clone()), Err(CalloutError::NoAccount)));
-        let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats-conf/dev-callout-issuer.nk")).unwrap();
-        let c = Callout::new(CalloutConfig { issuer_seed: dev, ..ok }, v).unwrap();
+        // The committed dev keys (comment lines in the files) match dev.conf.
+        let conf_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats-conf");
+        let dev = CalloutConfig::from_files(
+            &conf_dir.join("dev-callout-issuer.nk"),
+            Some(&conf_dir.join("dev-callout-xkey.nk")),
+            "APP",
+        )
+        .unwrap();
+        let c = Callout::new(dev, v).unwrap();
         assert_eq!(c.issuer_public_key(), "AD6HW7N7PVHQWI245NIOR72FMYTF3E4OD5D3TN67LI56IYXHBGASSTXF");
+        assert_eq!(c.xkey_public_key().as_deref(), Some("XAFRLNBMVM2A6JYKM5VD4TLWPWCYLCF2JQDQAVYLRFCDTV3GXOLXO3WA"));
+        assert!(matches!(
+            CalloutConfig::from_files(&conf_dir.join("missing.nk"), None, "APP"),
+            Err(CalloutError::SeedFile(..))
+        ));
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// WIRING NOTE for `lib.rs::start_callout` (owned by the lead; this is the suggested body):
+//
+//     let cc = callout::CalloutConfig::from_files(
+//         &cfg.callout.issuer_seed_file,
+//         cfg.callout.xkey_seed_file.as_deref(),
+//         &cfg.callout.account,
+//     )
+//     .map_err(|e| StartError::Callout(e.to_string()))?;
+//     let verifier = goim_token::Verifier::new(
+//         state.keys.verifying.clone(), &cfg.tokens.issuer, &cfg.tokens.audience, /* leeway */ 0);
+//     let c = std::sync::Arc::new(
+//         callout::Callout::new(cc, verifier).map_err(|e| StartError::Callout(e.to_string()))?);
+//     info!(issuer = %c.issuer_public_key(), xkey = ?c.xkey_public_key(), "auth callout keys");
+//     // keep c.stats() (Arc<CalloutStats>) in AuthState to report `snapshot()` with the other counters
+//     c.spawn(client.clone(), &cfg.nats.queue_group)
+//         .await
+//         .map_err(|e| StartError::Callout(e.to_string()))?;
+//
+// `client` must be a user of the callout account (`callout` in AUTH in nats-conf/dev.conf). The
+// verifier must follow key rotation like the edges' (Verifier::set_keys on the same instance).

@@ -17,6 +17,10 @@ pub struct Config {
     pub connect: ConnectConfig,
     pub callout: CalloutSection,
     pub log: LogConfig,
+    /// goim logic's HTTP API (`crate::logic`).
+    pub logic: crate::logic::LogicConfig,
+    /// The edges' presence bucket (`crate::logic`).
+    pub presence: crate::logic::PresenceSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -164,11 +168,22 @@ pub struct CalloutSection {
     pub xkey_seed_file: Option<PathBuf>,
     /// The account native clients are placed in.
     pub account: String,
+    /// Credentials of a separate connection for the callout, in the callout account (the server's
+    /// `auth_callout.account`); empty = serve it on the main connection.
+    pub nats_user: String,
+    pub nats_password: String,
 }
 
 impl Default for CalloutSection {
     fn default() -> Self {
-        CalloutSection { enabled: false, issuer_seed_file: PathBuf::new(), xkey_seed_file: None, account: "APP".into() }
+        CalloutSection {
+            enabled: false,
+            issuer_seed_file: PathBuf::new(),
+            xkey_seed_file: None,
+            account: "APP".into(),
+            nats_user: String::new(),
+            nats_password: String::new(),
+        }
     }
 }
 
@@ -236,6 +251,9 @@ impl Config {
             fix(f);
         }
         fix(&mut self.callout.issuer_seed_file);
+        for f in &mut self.logic.push_api_key_files {
+            fix(f);
+        }
         if let Some(x) = &mut self.callout.xkey_seed_file {
             fix(x);
         }
@@ -264,6 +282,7 @@ impl Config {
         if self.callout.enabled && self.callout.issuer_seed_file.as_os_str().is_empty() {
             return invalid("callout.enabled needs callout.issuer_seed_file".into());
         }
+        self.logic.validate(&self.presence).map_err(ConfigError::Invalid)?;
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid(format!("http.listen = {:?} is not an ip:port", self.http.listen));
         }
@@ -299,6 +318,29 @@ mod tests {
         assert_eq!(c.connect.webhook_timeout_ms, d.connect.webhook_timeout_ms);
         assert_eq!(c.nats.queue_group, d.nats.queue_group);
         assert_eq!(c.callout.account, d.callout.account);
+        let (l, dl) = (&c.logic, &d.logic);
+        assert_eq!(
+            (l.enabled, &l.push_api_keys, l.max_push_body_bytes, l.body_timeout_ms, l.max_targets, l.max_id_len, l.push_ack, l.push_timeout_ms),
+            (dl.enabled, &dl.push_api_keys, dl.max_push_body_bytes, dl.body_timeout_ms, dl.max_targets, dl.max_id_len, dl.push_ack, dl.push_timeout_ms)
+        );
+        assert_eq!((&l.nats_user, &l.nats_password, l.push_api_key_files.len()), (&dl.nats_user, &dl.nats_password, 0));
+        let (n, dn) = (&l.nodes, &dl.nodes);
+        assert_eq!(
+            (&n.domain, n.tcp_port, n.ws_port, n.wss_port, n.heartbeat_secs, n.heartbeat_max, n.max_nodes),
+            (&dn.domain, dn.tcp_port, dn.ws_port, dn.wss_port, dn.heartbeat_secs, dn.heartbeat_max, dn.max_nodes)
+        );
+        let (b, db) = (&l.backoff, &dl.backoff);
+        assert_eq!((b.max_delay, b.base_delay, b.factor, b.jitter), (db.max_delay, db.base_delay, db.factor, db.jitter));
+        let (p, dp) = (&c.presence, &d.presence);
+        assert_eq!((&p.bucket, p.max_age_ms, p.replicas), (&dp.bucket, dp.max_age_ms, dp.replicas));
+    }
+
+    #[test]
+    fn dev_config_parses() {
+        let c = Config::parse(include_str!("../goim-authsvc.dev.toml")).unwrap();
+        assert_eq!(c.mode, RunMode::Dev);
+        assert!(c.callout.enabled);
+        assert_eq!(c.callout.nats_user, "callout");
     }
 
     #[test]

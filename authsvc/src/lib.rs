@@ -10,7 +10,9 @@ pub mod config;
 pub mod connect;
 pub mod http;
 pub mod keys;
+pub mod logic;
 pub mod natsjwt;
+pub mod nodes;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ pub enum StartError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("auth callout: {0}")]
     Callout(String),
+    #[error("logic API: {0}")]
+    Logic(String),
 }
 
 /// A started authsvc.
@@ -113,7 +117,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     } else {
         let listener = bind(&cfg.http.listen, cfg.http.reuse_port)?;
         let addr = listener.local_addr().ok();
-        let app = http::router(state.clone(), cfg.http.max_body_bytes);
+        let mut app = http::router(state.clone(), cfg.http.max_body_bytes);
+        if cfg.logic.enabled {
+            let logic = logic::start(&cfg.logic, &cfg.presence, &cfg.nats, client.clone()).await.map_err(StartError::Logic)?;
+            app = app.merge(logic::router(logic));
+        }
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");
@@ -124,6 +132,34 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     Ok(Running { state, client, http_addr })
 }
 
-async fn start_callout(_cfg: &Config, _state: &Arc<AuthState>, _client: &async_nats::Client) -> Result<(), StartError> {
-    Err(StartError::Callout("not wired yet".into()))
+/// Serve nats-server's auth callout, on a connection of its own in the callout account when
+/// `callout.nats_user` is set (nats-conf/dev.conf: user `callout` in account AUTH), else on `client`.
+async fn start_callout(cfg: &Config, state: &Arc<AuthState>, client: &async_nats::Client) -> Result<(), StartError> {
+    let callout_cfg = callout::CalloutConfig::from_files(
+        &cfg.callout.issuer_seed_file,
+        cfg.callout.xkey_seed_file.as_deref(),
+        &cfg.callout.account,
+    )
+    .map_err(|e| StartError::Callout(e.to_string()))?;
+    let verifier = goim_token::Verifier::new(
+        state.keys.verifying.clone(),
+        &cfg.tokens.issuer,
+        &cfg.tokens.audience,
+        cfg.tokens.leeway_secs,
+    );
+    let callout = Arc::new(callout::Callout::new(callout_cfg, verifier).map_err(|e| StartError::Callout(e.to_string()))?);
+    let connection = if cfg.callout.nats_user.is_empty() {
+        client.clone()
+    } else {
+        let nats = config::NatsConfig {
+            user: cfg.callout.nats_user.clone(),
+            password: cfg.callout.nats_password.clone(),
+            name: format!("{}-callout", cfg.nats.name),
+            ..cfg.nats.clone()
+        };
+        connect_nats(&nats).await
+    };
+    info!(issuer = %callout.issuer_public_key(), account = %cfg.callout.account, "serving the NATS auth callout");
+    callout.spawn(connection, &cfg.nats.queue_group).await.map_err(|e| StartError::Callout(e.to_string()))?;
+    Ok(())
 }

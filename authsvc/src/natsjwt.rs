@@ -166,14 +166,18 @@ pub fn decode_unverified(jwt: &str) -> Result<Decoded, JwtError> {
 }
 
 /// Decode and verify: the `iss` nkey is the expected one (or of the expected kind), its signature over
-/// `header.claims` verifies, and `exp`/`nbf` (when set, seconds) hold at `now_secs` (no leeway: the
-/// server's own clock wrote them).
+/// `header.claims` verifies, and `exp`/`nbf` (when set, seconds) hold now (no leeway).
 pub fn decode_verified(jwt: &str, expected: ExpectedIssuer<'_>) -> Result<Decoded, JwtError> {
-    decode_verified_at(jwt, expected, goim_token::now_secs())
+    decode_verified_at(jwt, expected, goim_token::now_secs(), 0)
 }
 
-/// [`decode_verified`] at a given time (tests).
-pub fn decode_verified_at(jwt: &str, expected: ExpectedIssuer<'_>, now_secs: u64) -> Result<Decoded, JwtError> {
+/// [`decode_verified`] at `now_secs`, tolerating `leeway_secs` of clock difference on `exp`/`nbf`.
+pub fn decode_verified_at(
+    jwt: &str,
+    expected: ExpectedIssuer<'_>,
+    now_secs: u64,
+    leeway_secs: u64,
+) -> Result<Decoded, JwtError> {
     let jwt = jwt.trim();
     let decoded = decode_unverified(jwt)?;
     let iss = decoded.issuer().ok_or_else(|| JwtError::Malformed("no iss".into()))?.to_string();
@@ -193,10 +197,11 @@ pub fn decode_verified_at(jwt: &str, expected: ExpectedIssuer<'_>, now_secs: u64
     kp.verify(signing_input.as_bytes(), &sig).map_err(|_| JwtError::BadSignature)?;
     let num = |k: &str| decoded.claims.get(k).and_then(Value::as_i64).unwrap_or(0);
     let (exp, nbf) = (num("exp"), num("nbf"));
-    if exp > 0 && (now_secs as i64) > exp {
+    let (now, leeway) = (now_secs as i64, leeway_secs as i64);
+    if exp > 0 && now > exp + leeway {
         return Err(JwtError::Expired);
     }
-    if nbf > 0 && nbf > now_secs as i64 {
+    if nbf > 0 && nbf > now + leeway {
         return Err(JwtError::NotYetValid);
     }
     Ok(decoded)
@@ -465,7 +470,9 @@ mod tests {
         let any = ExpectedIssuer::AnyOfKind(KeyKind::Server);
         let old = encode(&json!({"sub": "x", "exp": now - 5}), &kp).unwrap();
         assert_eq!(decode_verified(&old, any), Err(JwtError::Expired));
-        assert!(decode_verified_at(&old, any, now - 10).is_ok());
+        assert!(decode_verified_at(&old, any, now - 10, 0).is_ok());
+        assert!(decode_verified_at(&old, any, now, 5).is_ok(), "within the leeway");
+        assert_eq!(decode_verified_at(&old, any, now + 1, 5), Err(JwtError::Expired));
         let future = encode(&json!({"sub": "x", "nbf": now + 50}), &kp).unwrap();
         assert_eq!(decode_verified(&future, any), Err(JwtError::NotYetValid));
     }
@@ -506,7 +513,7 @@ mod tests {
         let any_server = ExpectedIssuer::AnyOfKind(KeyKind::Server);
         // Its exp (iat + auth timeout) has passed by now.
         assert_eq!(decode_verified(CAPTURED_REQUEST, any_server), Err(JwtError::Expired));
-        let d = decode_verified_at(CAPTURED_REQUEST, any_server, CAPTURED_AT).unwrap();
+        let d = decode_verified_at(CAPTURED_REQUEST, any_server, CAPTURED_AT, 0).unwrap();
         assert_eq!(d.header, serde_json::from_str::<Value>(HEADER_JSON).unwrap());
         let c: AuthRequestClaims = d.claims_as().unwrap();
         assert_eq!(c.aud, AUTH_REQUEST_AUDIENCE);
@@ -521,6 +528,6 @@ mod tests {
         let i = bytes.iter().position(|&b| b == b'.').unwrap() + 10;
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert!(decode_verified_at(&tampered, any_server, CAPTURED_AT).is_err());
+        assert!(decode_verified_at(&tampered, any_server, CAPTURED_AT, 0).is_err());
     }
 }

@@ -18,6 +18,8 @@ pub struct Config {
     pub push: PushConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub presence: PresenceConfig,
+    pub advertise: AdvertiseConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -207,6 +209,80 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Presence and discovery (`crate::presence`): what the edge reports in the KV bucket, how often, and
+/// the bucket settings used if this edge is the first to create it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Report presence, watch the other edges' reports and register the `$SRV` service.
+    pub enabled: bool,
+    /// JetStream KV bucket of the reports (one key `edge.<edge id>` per edge).
+    pub bucket: String,
+    /// How often the edge re-puts its report (the keep-alive and the freshness of counts).
+    pub report_interval_ms: u64,
+    /// Bucket `max_age` when this edge creates it: a report not renewed for this long is removed by
+    /// the server with a purge marker. nats-server needs >= 1 s (delete marker TTL minimum).
+    pub max_age_ms: u64,
+    /// Bucket replicas when this edge creates it.
+    pub replicas: usize,
+    /// Most rooms one report lists (the most populated first); keeps a report below `max_payload`.
+    pub max_rooms: usize,
+    /// Register as the NATS service `goim-edge` (`$SRV.PING|INFO|STATS`, `nats micro ls`).
+    pub service: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            enabled: true,
+            bucket: "goim_presence".into(),
+            report_interval_ms: 5_000,
+            max_age_ms: 20_000,
+            replicas: 1,
+            max_rooms: 10_000,
+            service: true,
+        }
+    }
+}
+
+/// What the edge advertises to clients through `/goim/nodes/weighted` and `/goim/nodes/instances`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdvertiseConfig {
+    /// Public host or IP for native clients; empty = the TCP (else WebSocket) listener's IP, or the
+    /// machine's hostname when that IP is unspecified (0.0.0.0 / ::).
+    pub host: String,
+    /// Public DNS name for web clients (`platform=web`); empty = `host`.
+    pub domain: String,
+    /// Public ports; 0 = the listener's own port (`wss_port` 0 = none).
+    pub tcp_port: u16,
+    pub ws_port: u16,
+    pub wss_port: u16,
+    /// goim's comet `-weight`: `nodes/weighted` orders edges by connections / weight.
+    pub weight: u32,
+    /// goim's comet `-offline`: still serves, but is left out of `nodes/weighted`.
+    pub offline: bool,
+    /// goim discovery's instance fields, shown by `nodes/instances`.
+    pub region: String,
+    pub zone: String,
+}
+
+impl Default for AdvertiseConfig {
+    fn default() -> Self {
+        AdvertiseConfig {
+            host: String::new(),
+            domain: String::new(),
+            tcp_port: 0,
+            ws_port: 0,
+            wss_port: 0,
+            weight: 10,
+            offline: false,
+            region: String::new(),
+            zone: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -303,6 +379,7 @@ impl Config {
         if self.limits.max_ws_message_bytes < 16 {
             return invalid("limits.max_ws_message_bytes must be at least 16");
         }
+        crate::presence::validate_config(&self.presence, &self.advertise).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -350,6 +427,23 @@ mod tests {
         assert_eq!(c.auth.leeway_secs, d.auth.leeway_secs);
         assert_eq!(c.auth.keys_from_nats, d.auth.keys_from_nats);
         assert_eq!(c.auth.delegate_timeout_ms, d.auth.delegate_timeout_ms);
+        let (p, dp) = (&c.presence, &d.presence);
+        assert_eq!(
+            (p.enabled, &p.bucket, p.report_interval_ms, p.max_age_ms, p.replicas, p.max_rooms, p.service),
+            (dp.enabled, &dp.bucket, dp.report_interval_ms, dp.max_age_ms, dp.replicas, dp.max_rooms, dp.service)
+        );
+        let (a, da) = (&c.advertise, &d.advertise);
+        assert_eq!(
+            (&a.host, &a.domain, a.tcp_port, a.ws_port, a.wss_port, a.weight, a.offline, &a.region, &a.zone),
+            (&da.host, &da.domain, da.tcp_port, da.ws_port, da.wss_port, da.weight, da.offline, &da.region, &da.zone)
+        );
+    }
+
+    #[test]
+    fn dev_config_parses() {
+        let c = Config::parse(include_str!("../goim-edge.dev.toml")).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Token);
+        assert_eq!(c.nats.user, "edge");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! local key registry that kicks an older connection with the same key, here and on other edges.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,6 +109,9 @@ pub struct Hub {
     default_op: i32,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     keys: Mutex<HashMap<String, Arc<Member>>>,
+    /// Live edges in the cluster, this one included (kept by `crate::presence`; 1 until known). A
+    /// broadcast's `Goim-Speed` is split over them.
+    live_edges: Arc<AtomicUsize>,
 }
 
 impl Hub {
@@ -120,7 +123,22 @@ impl Hub {
             default_op,
             groups: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            live_edges: Arc::new(AtomicUsize::new(1)),
         })
+    }
+
+    /// The live-edge counter presence keeps up to date.
+    pub fn live_edges(&self) -> &Arc<AtomicUsize> {
+        &self.live_edges
+    }
+
+    /// Local member count of every room subject (presence reports).
+    pub fn room_counts(&self) -> Vec<(String, usize)> {
+        self.lock_groups()
+            .iter()
+            .filter(|(subject, _)| subject.starts_with("room."))
+            .map(|(subject, group)| (subject.clone(), group.len()))
+            .collect()
     }
 
     pub fn bridge(&self) -> &Bridge {
@@ -218,8 +236,73 @@ impl Hub {
         group.state.send_replace(SubState::Active);
         debug!(subject = %group.subject, "subscribed");
         while let Some(msg) = sub.next().await {
-            self.deliver(&group, &msg);
+            match self.broadcast_rate(&group, &msg) {
+                // Paced in this group's own task: later broadcasts wait (their order is kept), other
+                // subjects are not held up.
+                Some(rate) => self.deliver_paced(&group, &msg, rate).await,
+                None => self.deliver(&group, &msg),
+            }
         }
+    }
+
+    /// Connections per second this edge may reach for a broadcast carrying `Goim-Speed` (a
+    /// cluster-wide rate, split evenly over the live edges; at least 1); None = no pacing.
+    fn broadcast_rate(&self, group: &Group, msg: &Message) -> Option<u64> {
+        if group.subject != subjects::BROADCAST {
+            return None;
+        }
+        let value = msg.headers.as_ref()?.get(subjects::SPEED_HEADER)?;
+        let speed: u64 = match value.as_str().trim().parse::<i64>() {
+            Ok(s) if s > 0 => s as u64,
+            Ok(_) => return None,
+            Err(_) => {
+                warn!(value = value.as_str(), "Goim-Speed is not an integer: broadcast delivered unpaced");
+                return None;
+            }
+        };
+        let edges = self.live_edges.load(Ordering::Relaxed).max(1) as u64;
+        Some((speed / edges).max(1))
+    }
+
+    /// The goim packet of a push, or None when its `Goim-Op` is refused (counted and logged).
+    fn encode(&self, msg: &Message) -> Option<(i32, Bytes)> {
+        let op = match msg.headers.as_ref().and_then(|h| h.get(subjects::OP_HEADER)) {
+            None => self.default_op,
+            Some(v) => match subjects::parse_op(v.as_str()) {
+                Some(op) => op,
+                None => {
+                    self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);
+                    warn!(subject = %msg.subject, value = v.as_str(), "push refused: Goim-Op is not an int32");
+                    return None;
+                }
+            },
+        };
+        Some((op, encode_push(op, &msg.payload)))
+    }
+
+    /// A broadcast spread over time: the members present now (that accept the op) are reached at
+    /// `rate` connections per second, the first at once.
+    async fn deliver_paced(&self, group: &Group, msg: &Message, rate: u64) {
+        let Some((op, frame)) = self.encode(msg) else { return };
+        let members: Vec<Arc<Member>> = group
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| m.accepts(op))
+            .cloned()
+            .collect();
+        debug!(members = members.len(), rate, "paced broadcast");
+        let start = tokio::time::Instant::now();
+        let mut delivered = 0u64;
+        for (i, member) in members.iter().enumerate() {
+            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+            if member.outbox.push(Outgoing::Push(frame.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Remove `member_id` from `subject`; the last local member's leave unsubscribes.
@@ -243,18 +326,7 @@ impl Hub {
     }
 
     fn deliver(&self, group: &Group, msg: &Message) {
-        let op = match msg.headers.as_ref().and_then(|h| h.get(subjects::OP_HEADER)) {
-            None => self.default_op,
-            Some(v) => match subjects::parse_op(v.as_str()) {
-                Some(op) => op,
-                None => {
-                    self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);
-                    warn!(subject = %msg.subject, value = v.as_str(), "push refused: Goim-Op is not an int32");
-                    return;
-                }
-            },
-        };
-        let frame = encode_push(op, &msg.payload);
+        let Some((op, frame)) = self.encode(msg) else { return };
         let members = group.members.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0u64;
         for member in members.values() {

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod config;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         );
         tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
         goim_edge::server::shutdown_signal().await;
+        edge.ctx.presence.withdraw().await;
         let snapshot = edge.ctx.stats.snapshot(edge.ctx.hub.edge_id());
         tracing::info!(stats = %serde_json::to_string(&snapshot).unwrap_or_default(), "final counters");
         ExitCode::SUCCESS

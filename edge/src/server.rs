@@ -17,6 +17,7 @@ use crate::access::Access;
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::presence::Presence;
 use crate::session::Session;
 use crate::stats::{CloseReason, Stats};
 use crate::transport::tcp::{TcpReader, TcpWriter};
@@ -31,6 +32,8 @@ pub struct EdgeContext {
     pub access: Arc<Access>,
     pub stats: Arc<Stats>,
     pub next_conn_id: AtomicU64,
+    /// Connection/room counts reported to the cluster and the cluster-wide view (op-3 counts).
+    pub presence: Arc<Presence>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +105,11 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     } else {
         Some(bind(&config.listen.ws, config.listen.reuse_port, config.listen.backlog)?)
     };
-    let ctx = Arc::new(EdgeContext { config, hub, access, stats, next_conn_id: AtomicU64::new(1) });
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+    let presence = Presence::new(&config, hub.clone());
+    presence.start(hub.bridge(), tcp_addr, ws_addr).await;
+    let ctx = Arc::new(EdgeContext { config, hub, access, stats, next_conn_id: AtomicU64::new(1), presence });
     if let Some(listener) = tcp {
         tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Tcp));
     }

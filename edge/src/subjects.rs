@@ -29,6 +29,9 @@ pub const AUTH_KEYS: &str = "auth.keys";
 pub const AUTH_KEYS_GET: &str = "auth.keys.get";
 /// Header carrying the business op of a push.
 pub const OP_HEADER: &str = "Goim-Op";
+/// Header of a `broadcast` push: deliver to at most this many connections per second, cluster-wide
+/// (goim's `/goim/push/all?speed=`); each edge takes its share (speed / live edges, at least 1).
+pub const SPEED_HEADER: &str = "Goim-Speed";
 
 /// Escape one client-supplied string into a single NATS subject token.
 pub fn escape_token(raw: &str) -> String {

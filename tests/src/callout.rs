@@ -164,13 +164,19 @@ impl CalloutNats {
 
     /// Connect as static user `user` (password `pw-<user>`); panics on failure.
     pub async fn connect_static(&self, user: &str) -> async_nats::Client {
-        self.connect_static_named(user, &format!("static-{user}")).await
+        let n = CONN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connect_static_named(user, &format!("static-{user}-{n}")).await
     }
 
     /// [`CalloutNats::connect_static`] with a connection name.
     pub async fn connect_static_named(&self, user: &str, name: &str) -> async_nats::Client {
+        self.connect_static_named_pw(user, &format!("pw-{user}"), name).await
+    }
+
+    /// Connect as `user` with `password`, named `name`; panics on failure.
+    pub async fn connect_static_named_pw(&self, user: &str, password: &str, name: &str) -> async_nats::Client {
         async_nats::ConnectOptions::new()
-            .user_and_password(user.into(), format!("pw-{user}"))
+            .user_and_password(user.into(), password.into())
             .name(name)
             .connect(self.url())
             .await
@@ -247,12 +253,7 @@ impl CalloutReplica {
         let name = format!("callout-replica-{}", REPLICA_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let client = nats.connect_static_named("authsvc", &name).await;
         let callout = Arc::new(Callout::new(nats.callout_config(), verifier).expect("callout config").with_stats(stats.clone()));
-        let c = client.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = callout.serve(c, DEFAULT_QUEUE_GROUP).await {
-                panic!("callout serve: {e}");
-            }
-        });
+        let task = callout.spawn(client.clone(), DEFAULT_QUEUE_GROUP).await.expect("callout subscribe");
         let deadline = Instant::now() + Duration::from_secs(5);
         while !subscribed(nats, &name, AUTH_SUBJECT).await {
             assert!(Instant::now() < deadline, "callout replica {name} did not subscribe to {AUTH_SUBJECT}");
@@ -282,6 +283,18 @@ impl Drop for CalloutReplica {
 }
 
 static REPLICA_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CONN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Wait (bounded) until the server lists `subject` among the subscriptions of the connection named
+/// `conn_name`: async-nats' `flush` only empties the client's buffer, it is no round trip, so a push
+/// published right after `subscribe` + `flush` on another connection could be processed first.
+pub async fn wait_subscribed(nats: &CalloutNats, conn_name: &str, subject: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !subscribed(nats, conn_name, subject).await {
+        assert!(Instant::now() < deadline, "{conn_name} has no subscription on {subject:?} after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// Whether the connection named `conn_name` has a subscription on `subject` (`/connz?subs=1`).
 pub async fn subscribed(nats: &CalloutNats, conn_name: &str, subject: &str) -> bool {
@@ -300,6 +313,8 @@ pub async fn subscribed(nats: &CalloutNats, conn_name: &str, subject: &str) -> b
 /// violations, disconnects).
 pub struct TokenClient {
     pub client: async_nats::Client,
+    /// Its unique connection name (for [`wait_subscribed`]).
+    pub name: String,
     pub events: mpsc::UnboundedReceiver<async_nats::Event>,
 }
 
@@ -320,10 +335,11 @@ pub async fn connect_token(nats: &CalloutNats, token: &str, how: TokenConnect) -
     } else {
         async_nats::ConnectOptions::with_token(token.into())
     };
+    let name = format!("token-holder-{}", CONN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     opts = opts
-        .name("token-holder")
+        .name(name.clone())
         .max_reconnects(Some(3))
-        .reconnect_delay_callback(|_| Duration::from_millis(100))
+        .reconnect_delay_callback(|attempts| if attempts <= 1 { Duration::ZERO } else { Duration::from_millis(100) })
         .event_callback(move |e| {
             let tx = tx.clone();
             async move {
@@ -334,7 +350,7 @@ pub async fn connect_token(nats: &CalloutNats, token: &str, how: TokenConnect) -
         opts = opts.custom_inbox_prefix(p);
     }
     match opts.connect(nats.url()).await {
-        Ok(client) => Ok(TokenClient { client, events: rx }),
+        Ok(client) => Ok(TokenClient { client, name, events: rx }),
         Err(e) => Err(format!("{e} ({:?})", e.kind())),
     }
 }
@@ -389,14 +405,24 @@ impl TokenClient {
     }
 }
 
-/// Where the committed dev configuration lives (`nats-conf/dev-auth.conf`, or `dev.conf` once merged).
-pub fn dev_auth_conf_path() -> Option<PathBuf> {
+/// The committed dev configuration that uses the auth callout (`nats-conf/dev.conf`).
+pub fn dev_auth_conf_paths() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["nats-conf/dev-auth.conf", "nats-conf/dev.conf"] {
-        let p = root.join(name);
-        if std::fs::read_to_string(&p).is_ok_and(|t| t.contains("auth_callout")) {
-            return Some(p);
-        }
-    }
-    None
+    ["nats-conf/dev.conf"]
+        .into_iter()
+        .map(|name| root.join(name))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("auth_callout")))
+        .collect()
+}
+
+/// The first `{ user: U, password: P }` of account `account` in a server config text.
+pub fn account_user(conf: &str, account: &str) -> Option<(String, String)> {
+    let start = conf.find(&format!("\n  {account} {{"))?;
+    let block = &conf[start..];
+    let field = |name: &str| -> Option<String> {
+        let at = block.find(&format!("{name}:"))? + name.len() + 1;
+        let v: String = block[at..].trim_start().chars().take_while(|c| !matches!(c, ',' | ' ' | '}' | '\n')).collect();
+        Some(v.trim_matches('"').to_string())
+    };
+    Some((field("user")?, field("password")?))
 }

@@ -14,6 +14,7 @@ pub mod authsvc;
 pub mod callout;
 pub mod edge;
 pub mod goim;
+pub mod logic;
 pub mod nats;
 pub mod process;
 
@@ -33,6 +34,8 @@ pub const ALLOWED_SUBJECT_PREFIXES: &[&str] = &[
     "ctl.",
     "_INBOX.",
     "_GOIM",
+    // The NATS service API of every edge (presence): PING/INFO/STATS.
+    "$SRV.",
 ];
 
 /// Whether an edge subscription is inside the documented map: an allowed prefix, and no token that
@@ -45,7 +48,7 @@ pub fn subject_in_map(s: &str) -> bool {
     {
         return false;
     }
-    let internal = s.starts_with("ctl.") || s.starts_with("_INBOX.") || s.starts_with("_GOIM");
+    let internal = s.starts_with("ctl.") || s.starts_with("_INBOX.") || s.starts_with("_GOIM") || s.starts_with("$SRV.");
     s.split('.').all(|t| {
         !t.is_empty()
             && if internal {

@@ -302,8 +302,10 @@ async fn authsvc_replicas_come_and_go() {
     let mut first = connect(&edge, "first").await;
     first.auth(&Auth::new(10).room("live://rep").accepts(&[1000])).await;
 
-    // One replica down: connects still succeed (the queue group routes to the other).
+    // One replica down: connects still succeed (the queue group routes to the other) once the server
+    // has dropped the dead replica's subscription (until then a request may be routed to it).
     a.kill();
+    wait_replicas(&nats, 1).await;
     for i in 0..10 {
         let mut c = connect(&edge, "one-left").await;
         c.auth(&Auth::new(100 + i).room("live://rep")).await;
@@ -311,6 +313,7 @@ async fn authsvc_replicas_come_and_go() {
 
     // Both down: connects fail fast (no responders), already-connected clients keep receiving.
     b.kill();
+    wait_replicas(&nats, 0).await;
     let started = tokio::time::Instant::now();
     expect_refused(&edge, "none-left", Auth::new(200)).await;
     assert!(started.elapsed() < Duration::from_millis(1900), "refusal took {:?}: not fast", started.elapsed());
@@ -318,4 +321,18 @@ async fn authsvc_replicas_come_and_go() {
     first.expect_push(1000, b"still-served").await;
     let stats = edge.stats(&nats).await;
     assert!(stats["closed"]["auth_unavailable"].as_u64().unwrap_or(0) >= 1, "{stats}");
+}
+
+/// Wait (bounded) until exactly `n` authsvc replicas serve `auth.connect`.
+async fn wait_replicas(nats: &NatsServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs = nats.subscriptions().await;
+        let count = subs.iter().filter(|(_, s)| s == "auth.connect").count();
+        if count == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{count} replicas serve auth.connect, want {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -79,6 +79,9 @@ async fn token_holder_subscribes_only_to_what_its_token_allows() {
         denied_subs.push(c.client.subscribe(subject).await.unwrap());
     }
     c.client.flush().await.unwrap();
+    for (subject, _) in allowed {
+        wait_subscribed(&nats, &c.name, subject).await;
+    }
     for subject in denied {
         let e = c.expect_server_error(&format!("Permissions Violation for Subscription to \"{subject}\""), WAIT).await;
         assert!(e.contains(subject), "{e}");
@@ -123,12 +126,18 @@ async fn token_holder_publishes_only_where_its_token_allows() {
     let mut c = connect_token(&nats, &token, TokenConnect { inbox_prefix: Some("_INBOX.mid_1".into()), ..Default::default() })
         .await
         .expect("connect");
-    let admin = nats.connect_static("admin").await;
+    let admin = nats.connect_static_named("admin", "admin-all").await;
     let mut all = admin.subscribe(">").await.unwrap();
     admin.flush().await.unwrap();
+    wait_subscribed(&nats, "admin-all", ">").await;
 
-    let denied = ["room.live.2", "broadcast", "user.6", "ingress.room.live.2", "key.x", "auth.mint", "room.chat.1"];
-    let allowed = ["ingress.room.live.1", "ingress.room.chat.9", "room.live.1", "user.5", "ingress.none"];
+    // Never ingress, even with publish.ingress: only edges write ingress (its identity headers are
+    // trusted by consumers).
+    let denied = [
+        "room.live.2", "broadcast", "user.6", "ingress.room.live.2", "key.x", "auth.mint", "room.chat.1",
+        "ingress.room.live.1", "ingress.room.chat.9", "ingress.none",
+    ];
+    let allowed = ["room.live.1", "user.5"];
     for subject in denied {
         c.client.publish(subject, "denied".into()).await.unwrap();
     }
@@ -137,7 +146,7 @@ async fn token_holder_publishes_only_where_its_token_allows() {
     }
     c.client.flush().await.unwrap();
     let mut got = Vec::new();
-    while got.last().map(String::as_str) != Some("ingress.none") {
+    while got.last().map(String::as_str) != Some("user.5") {
         let m = timeout(WAIT, all.next()).await.expect("admin sees the allowed publishes").unwrap();
         assert_eq!(&m.payload[..], b"allowed", "{} reached the admin", m.subject);
         got.push(m.subject.to_string());
@@ -147,16 +156,17 @@ async fn token_holder_publishes_only_where_its_token_allows() {
         c.expect_server_error(&format!("Permissions Violation for Publish to \"{subject}\""), WAIT).await;
     }
 
-    // Requests work with the granted inbox prefix: a backend answers on the client's inbox.
-    let backend = nats.connect_static("backend").await;
-    let mut ingress = backend.subscribe("ingress.none").await.unwrap();
-    backend.flush().await.unwrap();
+    // Requests work with the granted inbox prefix: a service answers on the client's inbox.
+    let service = nats.connect_static_named("admin", "service-bot").await;
+    let mut requests = service.subscribe("user.5").await.unwrap();
+    service.flush().await.unwrap();
+    wait_subscribed(&nats, "service-bot", "user.5").await;
     let answer = tokio::spawn(async move {
-        let m = ingress.next().await.unwrap();
-        backend.publish(m.reply.unwrap(), "pong".into()).await.unwrap();
-        backend.flush().await.unwrap();
+        let m = requests.next().await.unwrap();
+        service.publish(m.reply.unwrap(), "pong".into()).await.unwrap();
+        service.flush().await.unwrap();
     });
-    let reply = timeout(WAIT, c.client.request("ingress.none", "ping".into())).await.expect("request in time").expect("reply");
+    let reply = timeout(WAIT, c.client.request("user.5", "ping".into())).await.expect("request in time").expect("reply");
     assert_eq!(&reply.payload[..], b"pong");
     answer.await.unwrap();
 }
@@ -169,6 +179,7 @@ async fn an_expiring_token_disconnects_the_client() {
     let mut c = connect_token(&nats, &token, TokenConnect::default()).await.expect("connect");
     let mut sub = c.client.subscribe("user.3").await.unwrap();
     c.client.flush().await.unwrap();
+    wait_subscribed(&nats, &c.name, "user.3").await;
     let backend = nats.connect_static("backend").await;
     backend.publish("user.3", "before".into()).await.unwrap();
     backend.flush().await.unwrap();
@@ -233,8 +244,7 @@ async fn bad_tokens_are_refused_at_connect() {
     let err = async_nats::ConnectOptions::with_user_and_password("backend".into(), good.clone())
         .connect(nats.url())
         .await
-        .err()
-        .expect("a static user with a wrong password");
+        .expect_err("a static user with a wrong password");
     assert!(err.to_string().contains("authorization violation"), "{err}");
 }
 
@@ -263,6 +273,7 @@ async fn replicas_cover_for_each_other() {
     // A client connected before the outage keeps receiving.
     let mut sub = keep[0].client.subscribe("user.8").await.unwrap();
     keep[0].client.flush().await.unwrap();
+    wait_subscribed(&nats, &keep[0].name, "user.8").await;
     b.stop().await;
     let started = Instant::now();
     let err = connect_token(&nats, &token, TokenConnect::default()).await.err().expect("no replica: refused");
@@ -329,14 +340,20 @@ async fn websocket_clients_use_the_callout_too() {
     assert_eq!((s.accepted, s.rejected), (1, 1), "{s:?}");
 }
 
-/// The committed dev configuration (nats-conf/dev-auth.conf, or dev.conf once merged) starts, its
-/// roles have the documented permissions, token holders connect through the callout with the
-/// committed dev keys, and APP reaches authsvc's `auth.>` service in AUTH.
+/// The committed dev configurations (nats-conf/dev.conf) start,
+/// their roles have the documented permissions (a real edge runs with the edge role), token holders
+/// connect through the callout with the committed dev keys, and APP reaches authsvc's `auth.>`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_auth_conf_works() {
-    let Some(path) = dev_auth_conf_path() else {
-        panic!("no nats-conf/dev-auth.conf or dev.conf with auth_callout");
-    };
+async fn dev_configs_work() {
+    let paths = dev_auth_conf_paths();
+    assert!(!paths.is_empty(), "no nats-conf/dev.conf with auth_callout");
+    for path in paths {
+        check_dev_conf(&path).await;
+    }
+}
+
+async fn check_dev_conf(path: &std::path::Path) {
+    eprintln!("checking {}", path.display());
     let root = path.parent().unwrap().to_path_buf();
     let store = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
@@ -369,19 +386,25 @@ async fn dev_auth_conf_works() {
         let user = user.to_string();
         async move {
             async_nats::ConnectOptions::with_user_and_password(user.clone(), format!("dev-{user}"))
+                .name(format!("dev-{user}"))
                 .connect(url)
                 .await
                 .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
         }
     };
-    // authsvc in AUTH: the callout, and the auth.> service that APP imports.
-    let authsvc = dev("authsvc").await;
+    // The callout on the connection of the AUTH account's user; authsvc's auth.> service (in APP, or
+    // in AUTH exported to APP, depending on the config).
+    let (cu, cp) = account_user(&text, "AUTH").expect("a user in account AUTH");
+    let callout_conn = nats.connect_static_named_pw(&cu, &cp, "dev-callout-conn").await;
     let tk = TokenKeys::new();
     let stats = Arc::new(CalloutStats::default());
     let callout = Arc::new(goim_authsvc::callout::Callout::new(nats.callout_config(), tk.verifier()).unwrap().with_stats(stats.clone()));
-    tokio::spawn(callout.serve(authsvc.clone(), "goim-authsvc"));
+    let _callout_task = callout.spawn(callout_conn.clone(), "goim-authsvc").await.unwrap();
+    wait_subscribed(&nats, "dev-callout-conn", "$SYS.REQ.USER.AUTH").await;
+    let authsvc = dev("authsvc").await;
     let mut mint = authsvc.subscribe("auth.>").await.unwrap();
     authsvc.flush().await.unwrap();
+    wait_subscribed(&nats, "dev-authsvc", "auth.>").await;
     let a2 = authsvc.clone();
     tokio::spawn(async move {
         while let Some(m) = mint.next().await {
@@ -392,17 +415,7 @@ async fn dev_auth_conf_works() {
     });
 
     let backend = dev("backend").await;
-    let deadline = Instant::now() + WAIT;
-    let reply = loop {
-        // Until the callout subscription is in place the request may see no responders.
-        match timeout(WAIT, backend.request("auth.mint", "{}".into())).await {
-            Ok(Ok(r)) => break r,
-            other => {
-                assert!(Instant::now() < deadline, "auth.mint from APP: {other:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let reply = timeout(WAIT, backend.request("auth.mint", "{}".into())).await.unwrap().expect("auth.mint from APP");
     assert_eq!(&reply.payload[..], b"served auth.mint");
     let edge = dev("edge").await;
     let reply = timeout(WAIT, edge.request("auth.connect", "{}".into())).await.unwrap().unwrap();
@@ -410,9 +423,10 @@ async fn dev_auth_conf_works() {
 
     // A token holder through the callout (native), receiving from the backend.
     let token = tk.mint(&Grant { mid: 5, ..Grant::default() });
-    let holder = async_nats::ConnectOptions::with_token(token.clone()).connect(nats.url()).await.expect("token holder");
+    let holder = async_nats::ConnectOptions::with_token(token.clone()).name("dev-holder").connect(nats.url()).await.expect("token holder");
     let mut mine = holder.subscribe("user.5").await.unwrap();
     holder.flush().await.unwrap();
+    wait_subscribed(&nats, "dev-holder", "user.5").await;
     backend.publish("user.5", "hello".into()).await.unwrap();
     backend.flush().await.unwrap();
     assert_eq!(next_payload(&mut mine, "token holder on the dev config").await, b"hello");
@@ -424,6 +438,7 @@ async fn dev_auth_conf_works() {
     // Role permissions: the edge reads the push subjects, the backend may not.
     let mut edge_room = edge.subscribe("room.>").await.unwrap();
     edge.flush().await.unwrap();
+    wait_subscribed(&nats, "dev-edge", "room.>").await;
     backend.publish("room.live.1", "push".into()).await.unwrap();
     backend.flush().await.unwrap();
     assert_eq!(next_payload(&mut edge_room, "edge sees room pushes").await, b"push");
@@ -456,6 +471,39 @@ async fn dev_auth_conf_works() {
     let info = timeout(WAIT, history.request("$JS.API.INFO", "".into())).await.unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
     assert_eq!(v["type"], "io.nats.jetstream.api.v1.account_info_response", "{v}");
+    // A real edge with the edge role: pushes in, op 4 out to ingress, stats, presence; no permission
+    // errors in its log.
+    let mut eo = goim_nats_tests::EdgeOpts::new();
+    eo.set_str("nats", "user", "edge").set_str("nats", "password", "dev-edge");
+    let mut goim_edge = goim_nats_tests::Edge::start_with_urls(&[nats.url()], eo).await;
+    let bot = nats.connect_static_named_pw("backend", "dev-backend", "dev-bot").await;
+    let mut ingress = bot.subscribe("ingress.>").await.unwrap();
+    bot.flush().await.unwrap();
+    wait_subscribed(&nats, "dev-bot", "ingress.>").await;
+    let mut g = goim_nats_tests::Client::connect_auth(
+        goim_nats_tests::Transport::Tcp,
+        &goim_edge,
+        goim_nats_tests::Auth::new(21).room("live://5").accepts(&[1000]),
+    )
+    .await;
+    backend.publish("room.live.5", "to-room".into()).await.unwrap();
+    backend.flush().await.unwrap();
+    g.expect_push(1000, b"to-room").await;
+    g.request(4, b"up").await;
+    let m = timeout(WAIT, ingress.next()).await.expect("op 4 reaches ingress").unwrap();
+    assert_eq!((m.subject.as_str(), &m.payload[..]), ("ingress.room.live.5", &b"up"[..]));
+    assert_eq!(g.heartbeat().await, 1);
+    let admin = dev("admin").await;
+    let st = timeout(WAIT, admin.request(format!("ctl.stats.{}", goim_edge.id()), "".into())).await.unwrap().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.payload).unwrap();
+    assert_eq!(st["authenticated"], 1, "{st}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    goim_edge.assert_alive();
+    let bad: Vec<String> = goim_edge.logs().into_iter().filter(|l| l.to_lowercase().contains("permission")).collect();
+    assert!(bad.is_empty(), "{}: the edge role lacks permissions: {bad:?}", path.display());
+    let bad: Vec<String> =
+        nats.log_lines().into_iter().filter(|l| l.contains("Violation") && !l.contains("\"APP/user:backend\" - Subscription Violation - Subject \"room.>\"")).collect();
+    assert!(bad.is_empty(), "{}: permission violations other than the backend's deliberate one: {bad:?}", path.display());
     // sys is the system account's user.
     let sys = dev("sys").await;
     let varz = timeout(WAIT, sys.request("$SYS.REQ.SERVER.PING.VARZ", "".into())).await.unwrap().unwrap();

@@ -97,6 +97,8 @@ pub struct Session {
     joined: Vec<String>,
     /// The key registered in the hub, recorded the same way.
     claimed_key: Option<String>,
+    /// Counted in presence (conn_count, ip_count) since its auth.
+    counted_online: bool,
 }
 
 impl Session {
@@ -114,6 +116,7 @@ impl Session {
             deadline,
             joined: Vec::new(),
             claimed_key: None,
+            counted_online: false,
         }
     }
 
@@ -186,8 +189,11 @@ impl Session {
         match p.op {
             op::HEARTBEAT => {
                 self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
+                // Cluster-wide: this edge's live members plus the other edges' last reports.
                 let online = match &self.state {
-                    State::Active(Active { room: Some(room), .. }) => room.group.len(),
+                    State::Active(Active { room: Some(room), .. }) => {
+                        self.ctx.presence.room_online(&room.id, room.group.len())
+                    }
                     _ => 0,
                 };
                 let online = i32::try_from(online).unwrap_or(i32::MAX);
@@ -288,6 +294,8 @@ impl Session {
         let delegated_body = (self.ctx.access.mode == AuthMode::Delegated).then(|| p.body.clone());
         self.state = State::Active(Active { mid, key, room, scope: claims.map(|c| Box::new(Scope::new(c))), delegated_body });
         self.ctx.stats.authenticated.fetch_add(1, Ordering::Relaxed);
+        self.ctx.presence.conn_up(self.peer.ip());
+        self.counted_online = true;
         self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
         self.reply(p.reply(op::AUTH_REPLY, Bytes::new()))
     }
@@ -439,6 +447,9 @@ impl Session {
         }
         if let Some(key) = self.claimed_key.take() {
             hub.release_key(&key, self.member.id);
+        }
+        if std::mem::take(&mut self.counted_online) {
+            self.ctx.presence.conn_down(self.peer.ip());
         }
         self.state = State::Handshake;
     }
