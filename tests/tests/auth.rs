@@ -336,3 +336,43 @@ async fn wait_replicas(nats: &NatsServer, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_over_nats_and_keys_from_edge_files() {
+    let nats = NatsServer::start().await;
+    let keys = KeyDir::new(&["k1", "k2"]);
+    let _authsvc = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1")).await;
+
+    // Backends on the bus mint with a request to auth.mint.
+    let mut raw = nats.raw().await;
+    let reply = raw
+        .request("auth.mint", br#"{"mid":21,"rooms":["live://n"],"ttl_secs":60}"#, Duration::from_secs(5))
+        .await;
+    let minted: serde_json::Value = serde_json::from_slice(&reply.payload).expect("mint answer is JSON");
+    let token = minted["token"].as_str().unwrap_or_else(|| panic!("no token in {minted}")).to_string();
+    assert_eq!(minted["kid"], "k1");
+    let bad = raw.request("auth.mint", br#"{"mid":"x"}"#, Duration::from_secs(5)).await;
+    let bad: serde_json::Value = serde_json::from_slice(&bad.payload).unwrap();
+    assert!(bad["error"].as_str().unwrap_or("").contains("invalid grant"), "{bad}");
+
+    // An edge that takes its keys only from files (no NATS announcements): k2's public key file.
+    let file_edge = Edge::start(
+        &nats,
+        token_edge().with("auth", "keys_from_nats", "false").extra_toml(&format!(
+            "[[auth.keys]]\nid = \"k2\"\nfile = {:?}\n",
+            keys.public("k2").display().to_string()
+        )),
+    )
+    .await;
+    // authsvc's k1 token is unknown to it; a k2 token (as a second authsvc would sign) is accepted.
+    expect_refused(&file_edge, "k1-on-file-edge", Auth::new(21).token(&token)).await;
+    let (k2_token, _) = keys.mint("k2", &goim_token::Grant { mid: 21, ..Default::default() });
+    connect(&file_edge, "k2-on-file-edge").await.auth(&Auth::new(21).token(&k2_token)).await;
+
+    // The NATS-fed edge accepts the minted token.
+    let edge = Edge::start(&nats, token_edge()).await;
+    let mut c = connect(&edge, "nats-minted").await;
+    c.auth(&Auth::new(21).room("live://n").token(&token)).await;
+    nats.publish("room.live.n", b"minted-on-the-bus").await;
+    c.expect_push(1000, b"minted-on-the-bus").await;
+}
