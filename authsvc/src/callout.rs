@@ -64,7 +64,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use goim_edge::subjects::{escape_token, ingress_subject, key_subject, room_subject, user_subject, BROADCAST};
+use goim_edge::subjects::{escape_token, key_subject, room_subject, user_subject, BROADCAST};
 use goim_token::{Claims, Verifier};
 use nkeys::{KeyPair, KeyPairType, XKey};
 use serde::Serialize;

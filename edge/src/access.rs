@@ -128,7 +128,7 @@ impl Access {
     }
 
     /// Delegated mode: ask authsvc to decide on this raw auth body; verify the token it answers with.
-    pub async fn delegate(&self, body: &Bytes, peer: &str) -> Result<Claims, Denied> {
+    pub async fn delegate(&self, body: &Bytes, peer: &str) -> Result<(Claims, String), Denied> {
         let mut headers = HeaderMap::new();
         headers.insert("Goim-Edge", self.edge_id.as_str());
         headers.insert("Goim-Peer", peer);
@@ -138,7 +138,7 @@ impl Access {
             .await
             .map_err(|e| Denied::Unavailable(e.to_string()))?;
         match serde_json::from_slice::<ConnectReply>(&reply.payload) {
-            Ok(ConnectReply::Token { token }) => Ok(self.verifier.verify(&token)?),
+            Ok(ConnectReply::Token { token }) => Ok((self.verifier.verify(&token)?, token)),
             Ok(ConnectReply::Refused { error }) => Err(Denied::Refused(error)),
             Err(e) => Err(Denied::Unavailable(format!("invalid answer from authsvc: {e}"))),
         }

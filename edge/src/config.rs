@@ -20,6 +20,22 @@ pub struct Config {
     pub log: LogConfig,
     pub presence: PresenceConfig,
     pub advertise: AdvertiseConfig,
+    pub history: HistoryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Ask goim-history (`history.info`) at start which subjects are stored, and follow those through
+    /// their sequenced `live.` copies (sequences in pushes, resume, gap filling). Without a history
+    /// service every subject stays on the core path.
+    pub enabled: bool,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -422,6 +438,7 @@ mod tests {
         assert_eq!(c.limits.max_ws_message_bytes, d.limits.max_ws_message_bytes);
         assert_eq!(c.log.level, d.log.level);
         assert_eq!(c.auth.mode, d.auth.mode);
+        assert_eq!(c.history.enabled, d.history.enabled);
         assert_eq!(c.auth.issuer, d.auth.issuer);
         assert_eq!(c.auth.audience, d.auth.audience);
         assert_eq!(c.auth.leeway_secs, d.auth.leeway_secs);

@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::bridge::Bridge;
+use crate::history::{widen, History, RecoveryFailed, Sequenced, Stored};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::encode_push;
 use crate::stats::{CloseReason, Stats};
@@ -87,6 +88,8 @@ pub struct Group {
     members: RwLock<HashMap<u64, Arc<Member>>>,
     state: watch::Sender<SubState>,
     task: Mutex<Option<AbortHandle>>,
+    /// Set for a stored subject (goim-history): the group follows its sequenced `live.` copy.
+    seq: Option<Sequenced>,
 }
 
 impl Group {
@@ -112,6 +115,8 @@ pub struct Hub {
     /// Live edges in the cluster, this one included (kept by `crate::presence`; 1 until known). A
     /// broadcast's `Goim-Speed` is split over them.
     live_edges: Arc<AtomicUsize>,
+    /// Stored subjects and JetStream access, when a history service answered at start.
+    history: std::sync::OnceLock<Arc<History>>,
 }
 
 impl Hub {
@@ -124,7 +129,17 @@ impl Hub {
             groups: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             live_edges: Arc::new(AtomicUsize::new(1)),
+            history: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turn on history for stored subjects (set once at start, before clients connect).
+    pub fn set_history(&self, history: Arc<History>) {
+        let _ = self.history.set(history);
+    }
+
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.history.get()
     }
 
     /// The live-edge counter presence keeps up to date.
@@ -166,7 +181,11 @@ impl Hub {
         tokio::spawn(async move {
             while let Some(msg) = requests.next().await {
                 let Some(reply) = msg.reply else { continue };
-                let body = serde_json::to_vec(&hub.stats.snapshot(&hub.edge_id)).unwrap_or_default();
+                let mut snapshot = hub.stats.snapshot(&hub.edge_id);
+                if let Some(history) = hub.history() {
+                    snapshot.history_fetches = history.fetches.load(Ordering::Relaxed);
+                }
+                let body = serde_json::to_vec(&snapshot).unwrap_or_default();
                 if let Err(e) = hub.bridge.publisher().publish(reply, body.into()).await {
                     warn!(error = %e, "cannot answer stats request");
                 }
@@ -194,6 +213,12 @@ impl Hub {
     /// The subscription is made by the group's own task, not by this future, so a join abandoned
     /// half-way (its connection closed) cannot leave the subject half-subscribed for later members.
     pub async fn join(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>) -> Arc<Group> {
+        self.join_held(subject, delivery, member, false).await
+    }
+
+    /// [`Hub::join`]; with `hold`, live messages of a stored subject are held for this member until
+    /// [`Hub::resume`] has replayed what it missed (so the replay comes first, in order).
+    pub async fn join_held(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>, hold: bool) -> Arc<Group> {
         let group = {
             let mut groups = self.lock_groups();
             let group = match groups.get(subject) {
@@ -205,6 +230,7 @@ impl Hub {
                         members: RwLock::new(HashMap::new()),
                         state: watch::channel(SubState::Pending).0,
                         task: Mutex::new(None),
+                        seq: self.history().and_then(|h| h.stream_of(subject)).map(|(class, _)| Sequenced::new(class)),
                     });
                     groups.insert(subject.to_string(), g.clone());
                     let task = tokio::spawn(self.clone().run_group(g.clone()));
@@ -212,7 +238,12 @@ impl Hub {
                     g
                 }
             };
-            group.members.write().unwrap_or_else(|p| p.into_inner()).insert(member.id, member.clone());
+            let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
+            if let (true, Some(seq)) = (hold, &group.seq) {
+                seq.hold(member.id);
+            }
+            members.insert(member.id, member.clone());
+            drop(members);
             group
         };
         let mut state = group.state.subscribe();
@@ -224,7 +255,12 @@ impl Hub {
     /// A group's task: subscribe, confirm with a round trip, then deliver until aborted (the last
     /// member left; dropping the Subscriber sends UNSUB).
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
-        let mut sub = match self.bridge.subscribe(&group.subject).await {
+        // A stored subject is followed through its republished copy, which carries the sequences.
+        let nats_subject = match &group.seq {
+            Some(_) => format!("{}.{}", subjects::LIVE_PREFIX, group.subject),
+            None => group.subject.clone(),
+        };
+        let mut sub = match self.bridge.subscribe(&nats_subject).await {
             Ok(sub) => sub,
             Err(e) => {
                 warn!(error = %e, "subscription failed; members of this subject receive nothing");
@@ -232,10 +268,14 @@ impl Hub {
                 return;
             }
         };
-        self.bridge.barrier(self.bridge.client_index(&group.subject)).await;
+        self.bridge.barrier(self.bridge.client_index(&nats_subject)).await;
         group.state.send_replace(SubState::Active);
         debug!(subject = %group.subject, "subscribed");
         while let Some(msg) = sub.next().await {
+            if let Some(seq) = &group.seq {
+                self.deliver_stored(&group, seq, &msg).await;
+                continue;
+            }
             match self.broadcast_rate(&group, &msg) {
                 // Paced in this group's own task: later broadcasts wait (their order is kept), other
                 // subjects are not held up.
@@ -297,7 +337,9 @@ impl Hub {
         let mut delivered = 0u64;
         for (i, member) in members.iter().enumerate() {
             let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
-            tokio::time::sleep_until(due).await;
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
             if member.outbox.push(Outgoing::Push(frame.clone())).is_ok() {
                 delivered += 1;
             }
@@ -411,5 +453,163 @@ fn abort_task(group: &Group) {
     if let Some(task) = group.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
         // Dropping the Subscriber inside the task sends UNSUB.
         task.abort();
+    }
+}
+
+/// History: sequenced delivery of stored subjects, gap filling and resume.
+impl Hub {
+    /// Deliver one republished message of a stored subject: duplicates are dropped, and a gap
+    /// (`Nats-Last-Sequence` newer than what this group delivered) is filled from JetStream first.
+    async fn deliver_stored(&self, group: &Group, seq: &Sequenced, msg: &Message) {
+        let Some(history) = self.history() else { return };
+        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).and_then(|v| v.as_str().parse::<u64>().ok());
+        let Some(this) = header("Nats-Sequence") else {
+            warn!(subject = %msg.subject, "republished message without Nats-Sequence ignored");
+            return;
+        };
+        let prev = header("Nats-Last-Sequence").unwrap_or(0);
+        let last = seq.last_seq();
+        if this <= last {
+            return;
+        }
+        if last != 0 && prev > last {
+            // Missed republished messages (a reconnect, a leader change): fetch them, in order.
+            self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+            match history.fetch(&group.subject, last, prev).await {
+                Ok(fetched) => {
+                    let mut before = last;
+                    for stored in fetched.messages.iter().filter(|s| s.seq > last) {
+                        self.fan_out_stored(group, seq, before, stored.clone());
+                        before = stored.seq;
+                    }
+                }
+                Err(e) => {
+                    self.stats.gaps_unfilled.fetch_add(1, Ordering::Relaxed);
+                    warn!(subject = %group.subject, after = last, upto = prev, error = %e, "gap could not be filled; clients that resume get recovery-failed");
+                }
+            }
+        }
+        match history.stored(seq.class, this, msg.headers.as_ref(), &msg.payload) {
+            Some(stored) => match self.broadcast_rate(group, msg) {
+                Some(rate) => self.fan_out_stored_paced(group, seq, prev, stored, rate).await,
+                None => self.fan_out_stored(group, seq, prev, stored),
+            },
+            None => {
+                self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);
+                warn!(subject = %msg.subject, "push refused: Goim-Op is not an int32");
+                seq.set_last_seq(this);
+            }
+        }
+    }
+
+    fn fan_out_stored(&self, group: &Group, seq: &Sequenced, prev: u64, stored: Stored) {
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0u64;
+        seq.with_held(|held| {
+            for member in members.values() {
+                if group.delivery == Delivery::Accepting && !member.accepts(stored.op) {
+                    continue;
+                }
+                if let Some(buffer) = held.get_mut(&member.id) {
+                    buffer.push(stored.clone());
+                } else if member.outbox.push(Outgoing::Push(stored.frame.clone())).is_ok() {
+                    delivered += 1;
+                }
+            }
+        });
+        seq.record(prev, stored);
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// A stored broadcast with `Goim-Speed`: like [`Hub::deliver_paced`], members reached at `rate`
+    /// per second; resuming members get it through their held buffer.
+    async fn fan_out_stored_paced(&self, group: &Group, seq: &Sequenced, prev: u64, stored: Stored, rate: u64) {
+        let members: Vec<Arc<Member>> = group
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| m.accepts(stored.op))
+            .cloned()
+            .collect();
+        seq.record(prev, stored.clone());
+        let start = tokio::time::Instant::now();
+        let mut delivered = 0u64;
+        for (i, member) in members.iter().enumerate() {
+            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            let direct = seq.with_held(|held| match held.get_mut(&member.id) {
+                Some(buffer) => {
+                    buffer.push(stored.clone());
+                    false
+                }
+                None => true,
+            });
+            if direct && member.outbox.push(Outgoing::Push(stored.frame.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Replay to `member` what it missed on `group` after sequence `from` (a full stream sequence or
+    /// the 30-bit value of a push's seq field) and stop holding its live messages. Returns the replay's
+    /// outcome and the held live messages past it, for the caller to queue after its resume answer:
+    /// in order, no duplicates.
+    pub async fn resume(&self, group: &Group, member: &Arc<Member>, from: u64) -> (Result<usize, RecoveryFailed>, Vec<Bytes>) {
+        let Some(seq) = &group.seq else {
+            return (Err(RecoveryFailed::Unavailable(format!("{} is not stored", group.subject))), Vec::new());
+        };
+        let after = widen(from, seq.last_seq());
+        let result = self.replay(group, seq, member, after).await;
+        if result.is_err() {
+            self.stats.recovery_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let floor = match &result {
+            Ok((_, last)) => *last,
+            Err(_) => after,
+        };
+        // Under the members lock, so no live message is between the hold and the direct path.
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        let held = seq.release(member.id);
+        drop(members);
+        let live = held.into_iter().filter(|s| s.seq > floor).map(|s| s.frame).collect();
+        (result.map(|(n, _)| n), live)
+    }
+
+    /// Queue the messages after `after` (from the ring, else JetStream); returns (count, last seq).
+    async fn replay(&self, group: &Group, seq: &Sequenced, member: &Arc<Member>, after: u64) -> Result<(usize, u64), RecoveryFailed> {
+        let history = self.history().ok_or_else(|| RecoveryFailed::Unavailable("no history".into()))?;
+        let latest = seq.last_seq();
+        let messages = match seq.from_ring(after, latest) {
+            Some(messages) => messages,
+            None if latest != 0 && after >= latest => Vec::new(),
+            None => {
+                let fetched = history.fetch(&group.subject, after, latest).await?;
+                seq.seed(after, &fetched.messages);
+                // What was fetched was stored before the fetch: its live copy has come or will
+                // never come to this group; a late one must not duplicate the replay.
+                if let Some(newest) = fetched.messages.last() {
+                    seq.set_last_seq(newest.seq);
+                }
+                fetched.messages.clone()
+            }
+        };
+        let mut last = after;
+        let mut n = 0;
+        for stored in messages.into_iter().filter(|s| s.seq > after) {
+            last = stored.seq;
+            if group.delivery == Delivery::Accepting && !member.accepts(stored.op) {
+                continue;
+            }
+            if member.outbox.push(Outgoing::Push(stored.frame)).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        self.stats.replayed.fetch_add(n as u64, Ordering::Relaxed);
+        Ok((n, last))
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod bridge;
+pub mod history;
 pub mod config;
 pub mod hub;
 pub mod outbox;

@@ -94,6 +94,11 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     }
     let hub = Hub::new(edge_id, bridge, stats.clone(), config.push.default_op);
     hub.start_control().await?;
+    if config.history.enabled {
+        if let Some(history) = crate::history::History::discover(hub.bridge().publisher(), config.push.default_op).await {
+            hub.set_history(history);
+        }
+    }
 
     let tcp = if config.listen.tcp.is_empty() {
         None

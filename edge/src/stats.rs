@@ -96,6 +96,13 @@ pub struct Stats {
     pub ingress_failed: AtomicU64,
     /// Op-4 messages not forwarded because the token grants no ingress.
     pub ingress_denied: AtomicU64,
+    /// History: gaps in a stored subject's live copy, filled from JetStream or not.
+    pub gaps: AtomicU64,
+    pub gaps_unfilled: AtomicU64,
+    /// History: messages replayed to resuming clients.
+    pub replayed: AtomicU64,
+    /// History: resumes that ended in an explicit recovery-failed signal.
+    pub recovery_failed: AtomicU64,
     /// Tokens refused at auth or refresh, by reason (`expired`, `bad_signature`, …).
     denied: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -123,6 +130,11 @@ impl Stats {
             ingress: self.ingress.load(Ordering::Relaxed),
             ingress_failed: self.ingress_failed.load(Ordering::Relaxed),
             ingress_denied: self.ingress_denied.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+            gaps_unfilled: self.gaps_unfilled.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            recovery_failed: self.recovery_failed.load(Ordering::Relaxed),
+            history_fetches: 0,
             denied: self
                 .denied
                 .lock()
@@ -149,6 +161,12 @@ pub struct Snapshot {
     pub ingress: u64,
     pub ingress_failed: u64,
     pub ingress_denied: u64,
+    pub gaps: u64,
+    pub gaps_unfilled: u64,
+    pub replayed: u64,
+    pub recovery_failed: u64,
+    /// JetStream fetches made for gaps and resumes (collapsed ones counted once).
+    pub history_fetches: u64,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }

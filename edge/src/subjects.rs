@@ -27,6 +27,12 @@ pub const AUTH_CONNECT: &str = "auth.connect";
 pub const AUTH_KEYS: &str = "auth.keys";
 /// authsvc: ask for the public token keys (request/reply).
 pub const AUTH_KEYS_GET: &str = "auth.keys.get";
+/// goim-history: which subjects are stored (request/reply).
+pub const HISTORY_INFO: &str = "history.info";
+/// goim-history: read a subject's history, scoped by the caller's token (request/reply).
+pub const HISTORY_GET: &str = "history.get";
+/// Prefix of the republished (sequenced) copy of a stored subject: `live.<subject>`.
+pub const LIVE_PREFIX: &str = "live";
 /// Header carrying the business op of a push.
 pub const OP_HEADER: &str = "Goim-Op";
 /// Header of a `broadcast` push: deliver to at most this many connections per second, cluster-wide

@@ -34,6 +34,7 @@ pub const ALLOWED_SUBJECT_PREFIXES: &[&str] = &[
     "ctl.",
     "_INBOX.",
     "_GOIM",
+    "live.",
     // The NATS service API of every edge (presence): PING/INFO/STATS.
     "$SRV.",
 ];

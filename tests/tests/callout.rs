@@ -356,7 +356,7 @@ async fn check_dev_conf(path: &std::path::Path) {
     eprintln!("checking {}", path.display());
     let root = path.parent().unwrap().to_path_buf();
     let store = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
     let mut conf = String::new();
     for line in text.lines() {
         let l = line.trim_start();

@@ -344,8 +344,11 @@ async fn push_api_key_guards_the_push_routes_only() {
     get(auth.http, "/goim/nodes/weighted").await.data();
 }
 
+/// A client's task: the client back, and the pushes it took with their arrival times.
+type Collector = tokio::task::JoinHandle<(Client, Vec<(Packet, Instant)>)>;
+
 /// Spawn one task per client that takes `n` pushes and stamps each.
-fn collect(clients: Vec<Client>, n: usize) -> Vec<tokio::task::JoinHandle<(Client, Vec<(Packet, Instant)>)>> {
+fn collect(clients: Vec<Client>, n: usize) -> Vec<Collector> {
     clients
         .into_iter()
         .map(|mut c| {
@@ -361,7 +364,7 @@ fn collect(clients: Vec<Client>, n: usize) -> Vec<tokio::task::JoinHandle<(Clien
         .collect()
 }
 
-async fn join(tasks: Vec<tokio::task::JoinHandle<(Client, Vec<(Packet, Instant)>)>>) -> (Vec<Client>, Vec<Vec<(Packet, Instant)>>) {
+async fn join(tasks: Vec<Collector>) -> (Vec<Client>, Vec<Vec<(Packet, Instant)>>) {
     let mut clients = Vec::new();
     let mut pushes = Vec::new();
     for t in tasks {
@@ -472,4 +475,32 @@ async fn jetstream_ack_mode_stores_pushes_with_message_ids() {
     let v = r.json();
     assert_eq!(v["code"], -500, "{v}");
     assert!(v["message"].as_str().unwrap().contains("k3"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_recovers_after_a_nats_server_restart() {
+    let mut nats = NatsServer::start().await;
+    let keys = KeyDir::new(&["k1"]);
+    let auth = authsvc(&nats, &keys, "").await;
+    let a = Edge::start(&nats, presence_edge("edge-a.test")).await;
+    let b = Edge::start(&nats, presence_edge("edge-b.test")).await;
+    let mut a1 = conn(Transport::Tcp, &a, 1, "live://1", "a1").await;
+    let mut b1 = conn(Transport::Ws, &b, 2, "live://1", "b1").await;
+    let _b2 = conn(Transport::Tcp, &b, 3, "live://1", "b2").await;
+    let total = json!({"conn_count": 3, "ip_count": 2});
+    wait_data(auth.http, "/goim/online/total", CHANGE_BOUND, |d| *d == total).await;
+    heartbeat_until(&mut a1, 3, CHANGE_BOUND).await;
+
+    // The presence bucket is in memory: a restarted server has none. The edges create it again and
+    // re-report; authsvc and the edges watch it again.
+    nats.restart().await;
+    let restarted = Instant::now();
+    wait_data(auth.http, "/goim/online/total", DEAD_EDGE_BOUND, |d| *d == total).await;
+    wait_data(auth.http, "/goim/nodes/instances", DEAD_EDGE_BOUND, |d| d.as_array().is_some_and(|l| l.len() == 2)).await;
+    // A change made after the restart reaches the API and the other edge's heartbeats.
+    let _a2 = conn(Transport::Ws, &a, 4, "live://1", "a2").await;
+    wait_data(auth.http, "/goim/online/room?type=live&rooms=1", DEAD_EDGE_BOUND, |d| *d == json!({"1": 4})).await;
+    heartbeat_until(&mut b1, 4, DEAD_EDGE_BOUND).await;
+    heartbeat_until(&mut a1, 4, DEAD_EDGE_BOUND).await;
+    eprintln!("presence recovered {:?} after the restart", restarted.elapsed());
 }

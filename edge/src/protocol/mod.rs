@@ -9,6 +9,6 @@ pub mod packet;
 pub mod raw;
 
 pub use packet::{
-    decode_frame, encode_push, DecodeError, Packet, StreamDecoder, HEADER_LEN, MAX_BODY_LEN,
+    decode_frame, encode_push, encode_push_seq, DecodeError, Packet, StreamDecoder, HEADER_LEN, MAX_BODY_LEN,
     MAX_PACKET_LEN,
 };

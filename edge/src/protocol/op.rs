@@ -20,5 +20,15 @@ pub const SUB_REPLY: i32 = 15;
 pub const UNSUB: i32 = 16;
 pub const UNSUB_REPLY: i32 = 17;
 
+// goim-nats ops beyond goim's 0–17 (history). goim's own ops keep their exact meaning.
+/// C→S: read history; body JSON `{"target": "room"|"user"|"broadcast", "before": seq, "limit": n}`.
+pub const HISTORY: i32 = 18;
+/// S→C: the history read's answer (JSON, goim-history's `history.get` format); seq echoed.
+pub const HISTORY_REPLY: i32 = 19;
+/// S→C: the outcome of a resume requested on the auth packet, sent after the replayed messages and
+/// before live ones; body JSON per class, e.g. `{"room":{"ok":true,"replayed":12}}` or
+/// `{"user":{"ok":false,"reason":"retention"}}` (recovery failed).
+pub const RESUME_REPLY: i32 = 20;
+
 /// The `ver` field goim writes on server pushes.
 pub const PUSH_VER: i16 = 1;

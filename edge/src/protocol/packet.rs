@@ -87,6 +87,15 @@ pub fn encode_push(op: i32, body: &[u8]) -> Bytes {
     dst.freeze()
 }
 
+/// A server push carrying a sequence in the header's seq field (history; see `crate::history`).
+/// goim clients that do not know about it ignore the field, as goim leaves it at 0.
+pub fn encode_push_seq(op: i32, seq: i32, body: &[u8]) -> Bytes {
+    let mut dst = BytesMut::with_capacity(HEADER_LEN + body.len());
+    put_header(&mut dst, HEADER_LEN + body.len(), op::PUSH_VER, op, seq);
+    dst.extend_from_slice(body);
+    dst.freeze()
+}
+
 /// Validate a header and return the body length it announces.
 fn check_header(header: &[u8]) -> Result<usize, DecodeError> {
     let mut h = header;

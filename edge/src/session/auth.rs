@@ -17,6 +17,17 @@ pub struct AuthBody {
     pub platform: String,
     pub accepts: Vec<i32>,
     pub token: Option<String>,
+    /// History resume: the last sequence seen per class (`room`, `user`, `broadcast`).
+    pub resume: Option<Resume>,
+}
+
+/// `"resume": {"room": seq, "user": seq, "broadcast": seq}` in the auth body; each optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    pub room: Option<u64>,
+    pub user: Option<u64>,
+    pub broadcast: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +38,7 @@ struct Wire {
     platform: Option<String>,
     accepts: Option<Vec<i32>>,
     token: Option<String>,
+    resume: Option<Resume>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +63,7 @@ pub fn parse_auth_body(body: &[u8], limits: &LimitsConfig) -> Result<AuthBody, A
         platform: w.platform.unwrap_or_default(),
         accepts: w.accepts.unwrap_or_default(),
         token: w.token,
+        resume: w.resume,
     };
     if auth.key.len() > limits.max_key_len {
         return Err(AuthError::KeyTooLong(auth.key.len()));
@@ -107,6 +120,9 @@ mod tests {
         assert!(a.accepts.is_empty());
         assert_eq!(a.token.as_deref(), Some("t"));
         assert_eq!(parse_auth_body(b"{}", &limits()).unwrap(), AuthBody::default());
+        let r = parse_auth_body(br#"{"resume":{"room":5,"user":1073741830}}"#, &limits()).unwrap();
+        assert_eq!(r.resume, Some(Resume { room: Some(5), user: Some(1073741830), broadcast: None }));
+        assert!(parse_auth_body(br#"{"resume":{"rooms":5}}"#, &limits()).is_err());
     }
 
     #[test]

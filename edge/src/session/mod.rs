@@ -56,13 +56,15 @@ struct Room {
 #[derive(Debug)]
 struct Scope {
     claims: Claims,
+    /// The token itself: history reads are scoped by it at goim-history.
+    token: String,
     expires_at: Instant,
 }
 
 impl Scope {
-    fn new(claims: Claims) -> Scope {
+    fn new(claims: Claims, token: String) -> Scope {
         let left = claims.exp.saturating_sub(goim_token::now_secs());
-        Scope { claims, expires_at: Instant::now() + Duration::from_secs(left) }
+        Scope { claims, token, expires_at: Instant::now() + Duration::from_secs(left) }
     }
 }
 
@@ -151,8 +153,13 @@ impl Session {
             return Flow::Close(CloseReason::TokenExpired);
         };
         match self.ctx.access.delegate(&body, &self.peer.to_string()).await {
-            Ok(claims) => match self.apply_refresh(claims) {
-                Ok(()) => Flow::Continue,
+            Ok((claims, token)) => match self.apply_refresh(claims) {
+                Ok(()) => {
+                    if let State::Active(Active { scope: Some(scope), .. }) = &mut self.state {
+                        scope.token = token;
+                    }
+                    Flow::Continue
+                }
                 Err(reason) => Flow::Close(reason),
             },
             Err(denied) => {
@@ -213,6 +220,7 @@ impl Session {
                 self.reply(p.reply(p.op, Bytes::new()))
             }
             op::AUTH if self.ctx.access.mode == AuthMode::Token => self.refresh(p),
+            op::HISTORY => self.read_history(&p).await,
             // goim's default path: any other op (0, 7, business numbers, …) is echoed, body empty.
             _ => self.reply(p.reply(p.op, Bytes::new())),
         }
@@ -246,16 +254,16 @@ impl Session {
             AuthMode::Token => match body.token.as_deref() {
                 None => return self.deny(Denied::NoToken),
                 Some(token) => match self.ctx.access.verify(token) {
-                    Ok(c) => Some(c),
+                    Ok(c) => Some((c, token.to_string())),
                     Err(e) => return self.deny(e.into()),
                 },
             },
             AuthMode::Delegated => match self.ctx.access.delegate(&p.body, &self.peer.to_string()).await {
-                Ok(c) => Some(c),
+                Ok(granted) => Some(granted),
                 Err(denied) => return self.deny(denied),
             },
         };
-        let (mid, key) = match &claims {
+        let (mid, key) = match claims.as_ref().map(|(c, _)| c) {
             None => (body.mid, if body.key.is_empty() { new_key() } else { body.key.clone() }),
             Some(c) => match scoped_identity(&body, c) {
                 Ok(identity) => identity,
@@ -275,16 +283,33 @@ impl Session {
         if mid != 0 {
             subjects.push((subjects::user_subject(mid), Delivery::Accepting));
         }
+        // History resume: live messages of a resumed subject are held from the join on, until what
+        // was missed has been replayed after op 8.
+        let resume = body.resume.unwrap_or_default();
+        let mut resumes: Vec<(&'static str, u64, Arc<Group>)> = Vec::new();
         for (subject, delivery) in subjects {
             self.joined.push(subject.clone());
-            hub.join(&subject, delivery, &self.member).await;
+            let from = if subject == subjects::BROADCAST {
+                resume.broadcast.map(|f| ("broadcast", f))
+            } else if subject.starts_with("user.") {
+                resume.user.map(|f| ("user", f))
+            } else {
+                None
+            };
+            let group = hub.join_held(&subject, delivery, &self.member, from.is_some()).await;
+            if let Some((class, from)) = from {
+                resumes.push((class, from, group));
+            }
         }
         let room = if body.room_id.is_empty() {
             None
         } else {
             let subject = subjects::room_subject(&body.room_id);
             self.joined.push(subject.clone());
-            let group = hub.join(&subject, Delivery::All, &self.member).await;
+            let group = hub.join_held(&subject, Delivery::All, &self.member, resume.room.is_some()).await;
+            if let Some(from) = resume.room {
+                resumes.push(("room", from, group.clone()));
+            }
             Some(Room { id: body.room_id, subject, group })
         };
         self.claimed_key = Some(key.clone());
@@ -292,12 +317,108 @@ impl Session {
 
         debug!(peer = %self.peer, conn = self.member.id, mid, key, room = ?room.as_ref().map(|r| &r.id), platform = body.platform, "authenticated");
         let delegated_body = (self.ctx.access.mode == AuthMode::Delegated).then(|| p.body.clone());
-        self.state = State::Active(Active { mid, key, room, scope: claims.map(|c| Box::new(Scope::new(c))), delegated_body });
+        self.state = State::Active(Active {
+            mid,
+            key,
+            room,
+            scope: claims.map(|(c, token)| Box::new(Scope::new(c, token))),
+            delegated_body,
+        });
         self.ctx.stats.authenticated.fetch_add(1, Ordering::Relaxed);
         self.ctx.presence.conn_up(self.peer.ip());
         self.counted_online = true;
         self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
-        self.reply(p.reply(op::AUTH_REPLY, Bytes::new()))
+        if let Flow::Close(reason) = self.reply(p.reply(op::AUTH_REPLY, Bytes::new())) {
+            return Flow::Close(reason);
+        }
+        if body.resume.is_none() {
+            return Flow::Continue;
+        }
+        self.resume(&p, resumes, resume).await
+    }
+
+    /// Replay what the client missed per requested class, answer op 20, then release live messages.
+    async fn resume(&mut self, p: &Packet, resumes: Vec<(&'static str, u64, Arc<Group>)>, asked: auth::Resume) -> Flow {
+        let hub = self.ctx.hub.clone();
+        let mut answer = serde_json::Map::new();
+        let mut live = Vec::new();
+        for (class, from, group) in &resumes {
+            let (result, held) = hub.resume(group, &self.member, *from).await;
+            live.extend(held);
+            let status = match result {
+                Ok(n) => serde_json::json!({ "ok": true, "replayed": n }),
+                Err(e) => {
+                    info!(peer = %self.peer, class, from, error = %e, "recovery failed");
+                    serde_json::json!({ "ok": false, "reason": e.reason(), "error": e.to_string() })
+                }
+            };
+            answer.insert(class.to_string(), status);
+        }
+        // Classes asked for but not joined (no room, mid 0) cannot be resumed: say so.
+        for (class, asked) in [("room", asked.room), ("user", asked.user), ("broadcast", asked.broadcast)] {
+            if asked.is_some() && !answer.contains_key(class) {
+                answer.insert(class.to_string(), serde_json::json!({ "ok": false, "reason": "not_joined" }));
+            }
+        }
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        if let Flow::Close(reason) = self.reply(p.reply(op::RESUME_REPLY, body)) {
+            return Flow::Close(reason);
+        }
+        for frame in live {
+            if let Err(reason) = self.member.outbox.push(Outgoing::Push(frame)) {
+                return Flow::Close(reason);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Op 18: a history read of the client's room, own user or broadcast, forwarded to goim-history
+    /// with the client's token (which scopes it there); answered by op 19 with its JSON.
+    async fn read_history(&self, p: &Packet) -> Flow {
+        let body = match self.history_answer(&p.body).await {
+            Ok(body) => body,
+            Err(error) => Bytes::from(serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default()),
+        };
+        self.reply(p.reply(op::HISTORY_REPLY, body))
+    }
+
+    async fn history_answer(&self, body: &[u8]) -> Result<Bytes, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Read {
+            target: String,
+            before: Option<u64>,
+            limit: Option<u32>,
+        }
+        let read: Read = serde_json::from_slice(body).map_err(|e| format!("invalid history request: {e}"))?;
+        let State::Active(active) = &self.state else { return Err("not authenticated".into()) };
+        let token = active
+            .scope
+            .as_ref()
+            .map(|s| s.token.clone())
+            .ok_or("history reads need a token (auth.mode token or delegated)")?;
+        let mut request = serde_json::json!({ "token": token });
+        if let Some(before) = read.before {
+            request["before"] = before.into();
+        }
+        if let Some(limit) = read.limit {
+            request["limit"] = limit.into();
+        }
+        match read.target.as_str() {
+            "room" => request["room"] = active.room.as_ref().map(|r| r.id.clone()).ok_or("not in a room")?.into(),
+            "user" if active.mid != 0 => request["user"] = active.mid.into(),
+            "broadcast" => request["broadcast"] = true.into(),
+            other => return Err(format!("target {other:?} is not room, user (mid ≠ 0) or broadcast")),
+        }
+        let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let reply = self
+            .ctx
+            .hub
+            .bridge()
+            .request(subjects::HISTORY_GET.to_string(), HeaderMap::new(), payload, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("history unavailable: {e}"))?;
+        Ok(reply.payload)
     }
 
     /// Token mode, op 7 on an open connection: a fresh token for the same mid (and key) replaces the
@@ -316,7 +437,12 @@ impl Session {
             Err(e) => return self.deny(e.into()),
         };
         match self.apply_refresh(claims) {
-            Ok(()) => self.reply(p.reply(op::AUTH_REPLY, Bytes::new())),
+            Ok(()) => {
+                if let State::Active(Active { scope: Some(scope), .. }) = &mut self.state {
+                    scope.token = token;
+                }
+                self.reply(p.reply(op::AUTH_REPLY, Bytes::new()))
+            }
             Err(reason) => Flow::Close(reason),
         }
     }
@@ -337,7 +463,8 @@ impl Session {
         }
         self.member.edit_accepts(|a| a.retain(|op| claims.may_accept(*op)));
         debug!(peer = %self.peer, mid = active.mid, exp = claims.exp, "token refreshed");
-        active.scope = Some(Box::new(Scope::new(claims)));
+        let token = active.scope.as_ref().map(|s| s.token.clone()).unwrap_or_default();
+        active.scope = Some(Box::new(Scope::new(claims, token)));
         Ok(())
     }
 
