@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Started by `make run`: nats-server with nats-conf/dev.conf, goim-authsvc and goim-edge with their
-# dev configs (authsvc/goim-authsvc.dev.toml, edge/goim-edge.dev.toml).
+# Started by `make run`: nats-server with nats-conf/dev.conf, then goim-history, goim-authsvc and
+# goim-edge with their dev configs (history/goim-history.dev.toml, authsvc/goim-authsvc.dev.toml,
+# edge/goim-edge.dev.toml). History first: it provisions the streams the edge asks about at start.
 # Stays in the foreground; Ctrl-C (or `make stop` from elsewhere) stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN=${NATS_SERVER_BIN:-nats-server}
 EDGE_BIN=target/release/goim-edge
 AUTHSVC_BIN=target/release/goim-authsvc
+HISTORY_BIN=target/release/goim-history
+HISTORY_CONFIG=${HISTORY_CONFIG:-history/goim-history.dev.toml}
 EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.dev.toml}
 AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-authsvc/goim-authsvc.dev.toml}
 RUN=.state/run
@@ -46,6 +49,11 @@ await_line() {
 pids+=($!); echo $! > "$RUN/nats-server.pid"
 await_line "$LOGS/nats-server.log" "Server is ready" nats-server
 
+: > "$LOGS/goim-history.out"
+"$HISTORY_BIN" --config "$HISTORY_CONFIG" >"$LOGS/goim-history.out" 2> >(tee -a "$LOGS/goim-history.log" >&2) &
+pids+=($!); echo $! > "$RUN/goim-history.pid"
+await_line "$LOGS/goim-history.out" "goim-history ready" goim-history
+
 : > "$LOGS/goim-authsvc.out"
 "$AUTHSVC_BIN" --config "$AUTHSVC_CONFIG" >"$LOGS/goim-authsvc.out" 2> >(tee -a "$LOGS/goim-authsvc.log" >&2) &
 pids+=($!); echo $! > "$RUN/goim-authsvc.pid"
@@ -59,6 +67,7 @@ await_line "$LOGS/goim-edge.out" "goim-edge ready" goim-edge
 cat <<MSG
 
   goim-nats is running (development credentials: see README, "Credentials").
+    $(cat "$LOGS/goim-history.out")
     $(cat "$LOGS/goim-authsvc.out")
     $(cat "$LOGS/goim-edge.out")
     goim TCP clients       -> 127.0.0.1:3101

@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 found=0
-for f in .state/run/goim-edge.pid .state/run/goim-authsvc.pid .state/run/nats-server.pid; do
+for f in .state/run/goim-edge.pid .state/run/goim-authsvc.pid .state/run/goim-history.pid .state/run/nats-server.pid; do
   [[ -f $f ]] || continue
   pid=$(cat "$f")
   if kill "$pid" 2>/dev/null; then

@@ -97,8 +97,8 @@ pub enum PushAck {
     /// subscriptions, stored by a stream that captures the subject, if any).
     #[default]
     Server,
-    /// JetStream publish with `Nats-Msg-Id`, acknowledged by the stream; every push subject must be
-    /// captured by a stream, or pushes time out.
+    /// JetStream publish with `Nats-Msg-Id`, acknowledged by the stream that stores the subject (as
+    /// goim-history's `history.info` says); a subject no stream stores is confirmed as in "server".
     Jetstream,
 }
 
@@ -192,6 +192,8 @@ pub struct LogicState {
     barrier_subject: String,
     instance: String,
     seq: AtomicU64,
+    /// Which subjects goim-history stores (`push_ack = "jetstream"`), learned on first use and kept.
+    stored: std::sync::Mutex<Option<Arc<goim_edge::history::History>>>,
     pub stats: LogicStats,
 }
 
@@ -204,6 +206,16 @@ pub struct LogicStats {
 }
 
 impl LogicState {
+    /// goim-history's stored subjects, asked for until a history service answers.
+    async fn stored_subjects(&self) -> Option<Arc<goim_edge::history::History>> {
+        if let Some(h) = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(h);
+        }
+        let found = goim_edge::history::History::discover(&self.client, 1000).await?;
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(found.clone());
+        Some(found)
+    }
+
     /// The presence view (for tests and diagnostics).
     pub fn view(&self) -> &Arc<ClusterView> {
         &self.view
@@ -275,6 +287,7 @@ pub async fn start(
         instance,
         seq: AtomicU64::new(0),
         stats: LogicStats::default(),
+            stored: std::sync::Mutex::new(None),
     }))
 }
 
@@ -539,8 +552,28 @@ async fn publish(
         }
         PushAck::Jetstream => {
             let base = msg_id.unwrap_or_else(|| format!("{}-{}", state.instance, state.seq.fetch_add(1, Ordering::Relaxed)));
+            let stored = state.stored_subjects().await;
+            let is_stored = |subject: &str| stored.as_ref().is_some_and(|h| h.stream_of(subject).is_some());
+            // Subjects no stream stores (keys, ephemeral rooms) go out as core messages, confirmed by
+            // a server round trip; the stored ones are JetStream publishes with a message id.
+            let core: Vec<&String> = subjects_.iter().filter(|s| !is_stored(s)).collect();
+            for subject in &core {
+                state
+                    .client
+                    .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
+                    .await
+                    .map_err(|e| format!("publish {subject}: {e}"))?;
+            }
+            if !core.is_empty() {
+                let req = async_nats::Request::new().timeout(Some(timeout));
+                match state.client.send_request(state.barrier_subject.clone(), req).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+                    Err(e) => return Err(format!("NATS did not confirm the push: {e}")),
+                }
+            }
             let mut acks = Vec::with_capacity(subjects_.len());
-            for (i, subject) in subjects_.iter().enumerate() {
+            for (i, subject) in subjects_.iter().enumerate().filter(|(_, s)| is_stored(s)) {
                 let id = if subjects_.len() == 1 { base.clone() } else { format!("{base}-{i}") };
                 let publish = jetstream::message::PublishMessage::build().headers(headers.clone()).message_id(id).payload(body.clone());
                 let ack = state.js.send_publish(subject.clone(), publish).await.map_err(|e| format!("publish {subject}: {e}"))?;
