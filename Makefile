@@ -10,7 +10,7 @@ PYTHON ?= python3
 NATS_SERVER ?= $(or $(shell command -v nats-server 2>/dev/null),$(CURDIR)/$(VENV)/bin/nats-server)
 export NATS_SERVER_BIN := $(NATS_SERVER)
 
-.PHONY: run stop test build nats-server clean
+.PHONY: run stop test build bench nats-server clean
 
 ## run: start nats-server (nats-conf/dev.conf) and an edge; Ctrl-C or `make stop` stops them.
 run: nats-server
@@ -28,6 +28,11 @@ test: nats-server
 
 build:
 	cargo build --release --workspace --bins
+
+## bench: smoke run of every benchmark scenario at small sizes (full-size commands: BENCHMARKS.md).
+bench: nats-server
+	cargo build --release -p goim-edge -p goim-bench
+	target/release/goim-bench smoke
 
 nats-server: $(NATS_SERVER)
 

@@ -17,9 +17,7 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpSocket;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -62,35 +60,13 @@ fn load_api_keys(cfg: &Config) -> Result<Vec<String>, StartError> {
     Ok(keys)
 }
 
-/// Connect to NATS, retrying (with a logged reason) until the servers answer.
+/// Connect to NATS with `cfg`'s credentials, retrying (with a logged reason) until a server answers.
 pub async fn connect_nats(cfg: &config::NatsConfig) -> async_nats::Client {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut opts = async_nats::ConnectOptions::new().name(cfg.name.clone());
-        if !cfg.user.is_empty() {
-            opts = opts.user_and_password(cfg.user.clone(), cfg.password.clone());
-        }
-        match opts.connect(cfg.urls.clone()).await {
-            Ok(c) => return c,
-            Err(e) => {
-                warn!(error = %e, urls = ?cfg.urls, retry_in = ?backoff, "cannot connect to NATS");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    goim_common::connect_nats(&cfg.urls, || goim_common::credentials(&cfg.name, &cfg.user, &cfg.password)).await
 }
 
 fn bind(addr: &str, reuse_port: bool) -> Result<tokio::net::TcpListener, StartError> {
-    let err = |source| StartError::Listen { addr: addr.to_string(), source };
-    let sa: SocketAddr = addr.parse().map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let socket = if sa.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    if reuse_port {
-        socket.set_reuseport(true).map_err(err)?;
-    }
-    socket.bind(sa).map_err(err)?;
-    socket.listen(1024).map_err(err)
+    goim_common::bind(addr, reuse_port, 1024).map_err(|source| StartError::Listen { addr: addr.to_string(), source })
 }
 
 /// Load keys, connect to NATS, serve the request subjects, the callout and HTTP.

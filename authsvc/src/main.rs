@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use goim_authsvc::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use goim_authsvc::config::Config;
 
 #[derive(Parser, Debug)]
 #[command(name = "goim-authsvc", version, about = "goim-nats auth service and control plane")]
@@ -13,17 +12,6 @@ struct Args {
     /// TOML config file (see goim-authsvc.sample.toml).
     #[arg(long, short)]
     config: PathBuf,
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn main() -> ExitCode {
@@ -35,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    goim_common::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,7 +44,7 @@ fn main() -> ExitCode {
         // One machine-readable line on stdout; the test harness and `make run` wait for it.
         println!("goim-authsvc ready http={http} kid={}", running.state.keys.minter.key.kid);
         tracing::info!(%http, "authsvc ready");
-        goim_edge::server::shutdown_signal().await;
+        goim_common::shutdown_signal().await;
         ExitCode::SUCCESS
     })
 }

@@ -8,7 +8,7 @@
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subscriber};
+use async_nats::{Client, Event, HeaderMap, Subscriber};
 use bytes::Bytes;
 use tracing::{info, warn};
 
@@ -106,14 +106,9 @@ impl Bridge {
 }
 
 async fn connect_one(cfg: &NatsConfig, edge_id: &str, index: usize) -> Client {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut opts = ConnectOptions::new();
-        if !cfg.user.is_empty() {
-            opts = opts.user_and_password(cfg.user.clone(), cfg.password.clone());
-        }
-        let opts = opts
-            .name(format!("{}:{edge_id}:{index}", cfg.name))
+    let name = format!("{}:{edge_id}:{index}", cfg.name);
+    goim_common::connect_nats(&cfg.urls, || {
+        goim_common::credentials(&name, &cfg.user, &cfg.password)
             .subscription_capacity(cfg.subscription_capacity)
             .request_timeout(Some(Duration::from_secs(5)))
             .event_callback(move |event| async move {
@@ -125,14 +120,7 @@ async fn connect_one(cfg: &NatsConfig, edge_id: &str, index: usize) -> Client {
                     }
                     other => info!(index, event = %other, "NATS event"),
                 }
-            });
-        match opts.connect(cfg.urls.clone()).await {
-            Ok(client) => return client,
-            Err(e) => {
-                warn!(error = %e, urls = ?cfg.urls, retry_in = ?backoff, "cannot connect to NATS");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+            })
+    })
+    .await
 }

@@ -299,27 +299,7 @@ impl Default for AdvertiseConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// tracing filter (`info`, `goim_edge=debug`, …); the `RUST_LOG` environment variable wins.
-    pub level: String,
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
-    }
-}
+pub use goim_common::{LogConfig, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use goim_edge::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use goim_edge::config::Config;
 
 #[derive(Parser, Debug)]
 #[command(name = "goim-edge", version, about = "goim-compatible TCP/WebSocket edge served from NATS")]
@@ -13,17 +12,6 @@ struct Args {
     /// TOML config file (see goim-edge.sample.toml); without it every default applies.
     #[arg(long, short)]
     config: Option<PathBuf>,
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn main() -> ExitCode {
@@ -39,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    goim_common::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -64,7 +52,7 @@ fn main() -> ExitCode {
             show(edge.ws_addr)
         );
         tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
-        goim_edge::server::shutdown_signal().await;
+        goim_common::shutdown_signal().await;
         edge.ctx.presence.withdraw().await;
         let snapshot = edge.ctx.stats.snapshot(edge.ctx.hub.edge_id());
         tracing::info!(stats = %serde_json::to_string(&snapshot).unwrap_or_default(), "final counters");

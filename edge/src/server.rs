@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::access::Access;
 use crate::bridge::Bridge;
@@ -69,18 +69,7 @@ pub fn default_edge_id() -> String {
 }
 
 fn bind(addr: &str, reuse_port: bool, backlog: u32) -> Result<TcpListener, StartError> {
-    let err = |source| StartError::Listen { addr: addr.to_string(), source };
-    // Config validation guarantees the address parses.
-    let sock_addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let socket = if sock_addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    if reuse_port {
-        socket.set_reuseport(true).map_err(err)?;
-    }
-    socket.bind(sock_addr).map_err(err)?;
-    socket.listen(backlog).map_err(err)
+    goim_common::bind(addr, reuse_port, backlog).map_err(|source| StartError::Listen { addr: addr.to_string(), source })
 }
 
 /// Connect to NATS, bind the listeners and start accepting.
@@ -199,25 +188,4 @@ async fn serve_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, ac
     serve(session, WsReader::new(stream), WsWriter::new(sink), "ws").await;
 }
 
-/// Wait for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the edge");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    info!("shutting down");
-}
+pub use goim_common::shutdown_signal;

@@ -14,6 +14,7 @@ pub mod authsvc;
 pub mod callout;
 pub mod edge;
 pub mod goim;
+pub mod history;
 pub mod logic;
 pub mod nats;
 pub mod process;

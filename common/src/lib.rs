@@ -1,0 +1,132 @@
+//! What every goim-nats binary (goim-edge, goim-authsvc, goim-history) shares, so each does it the
+//! same way: the `[log]` config section and logging set-up, binding a listener (SO_REUSEPORT), the
+//! NATS connection that retries until the servers answer, and waiting for SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpSocket};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The `[log]` section of every binary's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter (`info`, `goim_edge=debug`, …); the `RUST_LOG` environment variable wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Structured logs to stderr, level from `RUST_LOG` or the config.
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Bind a listener; with `reuse_port` several processes on one host can share the port.
+pub fn bind(addr: &str, reuse_port: bool, backlog: u32) -> std::io::Result<TcpListener> {
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
+    let socket = if sa.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(sa)?;
+    socket.listen(backlog)
+}
+
+/// Connect to `urls` with the options `options()` builds (called again for every attempt), retrying
+/// with a logged reason and capped backoff until a server answers; afterwards async-nats reconnects
+/// by itself, forever. A service that cannot reach NATS is useless, so it waits rather than starts.
+pub async fn connect_nats(urls: &[String], options: impl Fn() -> async_nats::ConnectOptions) -> async_nats::Client {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match options().connect(urls.to_vec()).await {
+            Ok(client) => return client,
+            Err(e) => {
+                warn!(error = %e, ?urls, retry_in = ?backoff, "cannot connect to NATS");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Options with a connection name and, when `user` is not empty, user/password credentials.
+pub fn credentials(name: &str, user: &str, password: &str) -> async_nats::ConnectOptions {
+    let opts = if user.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        async_nats::ConnectOptions::with_user_and_password(user.to_string(), password.to_string())
+    };
+    opts.name(name)
+}
+
+/// Wait for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this process");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_reports_bad_addresses_and_shares_ports() {
+        assert!(bind("nope", false, 16).is_err());
+        let a = bind("127.0.0.1:0", true, 16).unwrap();
+        let port = a.local_addr().unwrap().port();
+        let b = bind(&format!("127.0.0.1:{port}"), true, 16);
+        assert!(b.is_ok(), "SO_REUSEPORT lets a second listener share the port");
+        let c = bind(&format!("127.0.0.1:{port}"), false, 16);
+        assert!(c.is_err(), "without it the port is taken");
+    }
+
+    #[test]
+    fn log_config_defaults() {
+        let c = LogConfig::default();
+        assert_eq!((c.level.as_str(), c.format), ("info", LogFormat::Text));
+    }
+}

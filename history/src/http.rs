@@ -1,0 +1,69 @@
+//! goim-history over HTTP: `GET /history` (a page, `Authorization: Bearer <token or API key>`),
+//! `GET /history/info` (which subjects are stored; no credential needed), `GET /history/stats`
+//! (counters) and `GET /healthz`. Errors use goim's shape `{"code": -status, "message": "..."}` with
+//! the matching HTTP status.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::query::{RawParams, Refusal};
+use crate::service::History;
+
+pub fn router(history: Arc<History>, max_page_bytes: usize) -> Router {
+    Router::new()
+        .route("/history", get(read))
+        .route("/history/info", get(info))
+        .route("/history/stats", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        .with_state((history, max_page_bytes))
+}
+
+/// goim's error shape with a matching status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let code = -(status.as_u16() as i64);
+    (status, Json(serde_json::json!({ "code": code, "message": message.into() }))).into_response()
+}
+
+fn refusal(r: Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, r.to_string())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+type AppState = (Arc<History>, usize);
+
+async fn read(
+    State((history, max_page_bytes)): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let params = match query {
+        Ok(Query(pairs)) => RawParams::from_pairs(&pairs),
+        Err(e) => Err(Refusal::BadRequest(format!("bad query string: {e}"))),
+    };
+    match history.read(bearer(&headers), params, max_page_bytes).await {
+        Ok(page) => Json(page).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn info(State((history, _)): State<AppState>) -> Response {
+    Json(history.info()).into_response()
+}
+
+async fn stats(State((history, _)): State<AppState>) -> Response {
+    Json(history.stats_json()).into_response()
+}
