@@ -42,6 +42,9 @@ struct Common {
     /// window once the edge has one.
     #[arg(long = "edge-set", global = true)]
     edge_set: Vec<String>,
+    /// Environment variable `KEY=VALUE` for the edge processes, repeatable (e.g. TOKIO_WORKER_THREADS=1).
+    #[arg(long = "edge-env", global = true)]
+    edge_env: Vec<String>,
     /// Keep the scratch dir (configs, edge and nats-server logs) and print its path.
     #[arg(long, global = true)]
     keep: bool,
@@ -176,7 +179,7 @@ async fn coordinate(cli: Cli, nofile: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let env = Env { dir: dir.path().to_path_buf(), edge_set: cli.common.edge_set.clone(), perf: cli.common.perf };
+    let env = Env { dir: dir.path().to_path_buf(), edge_set: cli.common.edge_set.clone(), edge_env: cli.common.edge_env.clone(), perf: cli.common.perf };
     let machine = sys::machine_description();
     eprintln!("goim-bench: machine {machine}, open files {nofile}, scratch {}", env.dir.display());
     let runs: Vec<(&str, Scenario)> = match cli.cmd {
@@ -215,6 +218,8 @@ async fn coordinate(cli: Cli, nofile: u64) -> ExitCode {
         match result {
             Ok(mut v) => {
                 v["machine"] = machine.clone();
+                v["edge_set"] = json!(cli.common.edge_set);
+                v["edge_env"] = json!(cli.common.edge_env);
                 v["run_s"] = json!((secs * 10.0).round() / 10.0);
                 v["args"] = json!(std::env::args().collect::<Vec<_>>());
                 print_summary(name, &v);
@@ -315,7 +320,7 @@ fn fanout_line(label: &str, p: &Value) -> String {
 }
 
 fn print_summary(name: &str, v: &Value) {
-    println!("{name} ({} s) params {}", f(&v["run_s"]), v["params"]);
+    println!("{name} ({} s) params {} edge-set {} edge-env {}", f(&v["run_s"]), v["params"], v["edge_set"], v["edge_env"]);
     match name {
         "S1" => {
             if let Some(phases) = v["phases"].as_object() {

@@ -161,6 +161,8 @@ fn drain<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(mut lines: Lines<R
 pub struct EdgeConf {
     pub values: BTreeMap<String, BTreeMap<String, String>>,
     pub extra: String,
+    /// Environment of the edge process (e.g. TOKIO_WORKER_THREADS).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn toml_str(s: &str) -> String {
@@ -233,6 +235,9 @@ impl Edge {
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).map_err(|e| e.to_string())?;
         let mut cmd = command(&edge_bin()?);
         cmd.arg("--config").arg(&path).env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::from(log));
+        for (k, v) in &conf.env {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().map_err(|e| format!("spawn goim-edge: {e}"))?;
         let pid = child.id().unwrap_or(0);
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

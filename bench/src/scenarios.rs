@@ -20,6 +20,8 @@ use crate::worker::{Kind, Spec, TokenSpec};
 pub struct Env {
     pub dir: PathBuf,
     pub edge_set: Vec<String>,
+    /// `KEY=VALUE` environment of the edge processes.
+    pub edge_env: Vec<String>,
     /// Record the edges with `perf` during fan-out measurements.
     pub perf: bool,
 }
@@ -28,6 +30,10 @@ impl Env {
     fn edge_conf(&self) -> Result<EdgeConf> {
         let mut c = EdgeConf::new();
         c.apply_overrides(&self.edge_set)?;
+        for kv in &self.edge_env {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("--edge-env {kv:?}: want KEY=VALUE"))?;
+            c.env.push((k.to_string(), v.to_string()));
+        }
         Ok(c)
     }
 
@@ -386,7 +392,7 @@ pub async fn s1(env: &Env, a: &S1) -> Result<Value> {
     nats.stop().await;
     Ok(json!({
         "scenario": "S1",
-        "params": {"conns": a.conns, "edges": a.edges, "rate_per_s": a.rate, "secs": a.secs, "body": "{\"test\":1,\"ts\":<ns>}", "coalescing": env.edge_set},
+        "params": {"conns": a.conns, "edges": a.edges, "rate_per_s": a.rate, "secs": a.secs, "body": "{\"test\":1,\"ts\":<ns>}"},
         "phases": phases,
         "ratios": ratios,
         "targets": {

@@ -13,10 +13,10 @@ use tracing::{debug, warn};
 use crate::query::NatsRequest;
 use crate::service::History;
 
-/// Read a page: JSON `{"token","room"|"user"|"broadcast","before","limit"}`.
-pub const GET: &str = "history.get";
+/// Read a page: JSON `{"token","room"|"user"|"broadcast","before"|"after","limit"}`.
+pub const GET: &str = goim_edge::subjects::HISTORY_GET;
 /// Which subjects are stored, in which stream, with which retention; `max_resume`.
-pub const INFO: &str = "history.info";
+pub const INFO: &str = goim_edge::subjects::HISTORY_INFO;
 /// Counters of the answering replica.
 pub const STATS: &str = "history.stats";
 /// NATS service name.

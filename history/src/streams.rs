@@ -21,7 +21,7 @@ use crate::config::{Config, Storage, StreamSettings};
 
 /// Where the streams re-emit every stored message: `live.<original subject>`, with the headers
 /// `Nats-Stream`, `Nats-Subject`, `Nats-Sequence`, `Nats-Time-Stamp` and `Nats-Last-Sequence`.
-pub const LIVE_PREFIX: &str = "live";
+pub const LIVE_PREFIX: &str = goim_edge::subjects::LIVE_PREFIX;
 pub const REPUBLISH_SRC: &str = ">";
 pub const REPUBLISH_DEST: &str = "live.>";
 
@@ -464,6 +464,7 @@ mod tests {
         assert!(c.allow_direct);
         let rp = c.republish.clone().unwrap();
         assert_eq!((rp.source.as_str(), rp.destination.as_str(), rp.headers_only), (">", "live.>", false));
+        assert_eq!(REPUBLISH_DEST, format!("{LIVE_PREFIX}.>"), "the edges' live prefix");
         assert!(differences(&c, &c).is_empty());
         let mut s2 = s.clone();
         s2.max_msgs_per_subject = 5;

@@ -272,3 +272,73 @@ async fn live_messages_during_a_resume_come_after_the_replay_exactly_once() {
     assert_eq!(bodies, want, "replay then live: in order, each once");
     drop(other);
 }
+
+/// With the real goim-history: its streams drive the edge (sequences, resume), and op 18 reads page
+/// through history.get scoped by the connection's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_over_the_client_op_with_the_real_history_service() {
+    use goim_nats_tests::history::{bodies, seqs, History, HistoryOpts};
+    let nats = NatsServer::start().await;
+    let keys = KeyDir::new(&["k1"]);
+    let _history = History::start(&nats, HistoryOpts::new().key(&keys, "k1")).await;
+    let edge = Edge::start(
+        &nats,
+        EdgeOpts::new()
+            .with("auth", "mode", "\"token\"")
+            .with("auth", "keys_from_nats", "false")
+            .extra_toml(&format!("[[auth.keys]]\nid = \"k1\"\nfile = {:?}\n", keys.public("k1").display().to_string())),
+    )
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        let seq = js.publish("room.live.hist", format!("h{i}").into()).await.unwrap().await.unwrap().sequence;
+        sent.push(seq);
+    }
+    let (token, _) = keys.mint("k1", &goim_token::Grant { mid: 5, rooms: vec!["live://hist".into()], ..Default::default() });
+    let mut c = Client::connect_tcp(edge.tcp_addr()).await.with_label("reader");
+    auth_raw(&mut c, json!({"mid": 5, "room_id": "live://hist", "token": token})).await;
+
+    // Newest 50, then page back with before = the oldest seq seen.
+    let read = |before: Option<u64>| {
+        let mut q = json!({"target": "room", "limit": 50});
+        if let Some(b) = before {
+            q["before"] = b.into();
+        }
+        q.to_string().into_bytes()
+    };
+    let mut pages = Vec::new();
+    let mut before = None;
+    for _ in 0..3 {
+        let r = c.request(18, &read(before)).await;
+        assert_eq!(r.op, 19, "{r:?}");
+        let page: Value = serde_json::from_slice(&r.body).unwrap();
+        before = seqs(&page).first().copied();
+        pages.push(page);
+    }
+    let all: Vec<u64> = pages.iter().rev().flat_map(seqs).collect();
+    assert_eq!(all, sent, "three pages (20 + 50 + 50) cover every message once, in order");
+    assert_eq!(bodies(&pages[0]).last().unwrap(), "h119");
+    assert_eq!(pages[2]["more"], false, "{}", pages[2]);
+
+    // The token scopes the read: no user history for another room's member, and the client op can only
+    // name its own room/user, so a token without the room is refused by history itself.
+    let (other_token, _) = keys.mint("k1", &goim_token::Grant { mid: 6, ..Default::default() });
+    let mut other = Client::connect_tcp(edge.tcp_addr()).await.with_label("no-room");
+    auth_raw(&mut other, json!({"mid": 6, "token": other_token})).await;
+    let r = other.request(18, br#"{"target":"room"}"#).await;
+    let answer: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(answer["error"].as_str().unwrap_or("").contains("not in a room"), "{answer}");
+    let r = other.request(18, br#"{"target":"user","limit":5}"#).await;
+    let answer: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(answer.get("messages").is_some() || answer.get("error").is_some(), "{answer}");
+    let r = other.request(18, b"not json").await;
+    let answer: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(answer["error"].as_str().unwrap_or("").contains("invalid history request"), "{answer}");
+
+    // Live pushes of the stored room carry the room class and their sequence.
+    let live = js.publish("room.live.hist", "live".into()).await.unwrap().await.unwrap().sequence;
+    let got = collect(&mut c, |got, _| got.is_empty()).await;
+    assert_eq!(got, vec![(CLASS_ROOM, live, "live".into())]);
+}
