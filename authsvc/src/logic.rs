@@ -192,8 +192,10 @@ pub struct LogicState {
     barrier_subject: String,
     instance: String,
     seq: AtomicU64,
-    /// Which subjects goim-history stores (`push_ack = "jetstream"`), learned on first use and kept.
+    /// Which subjects goim-history stores (`push_ack = "jetstream"`), learned on first use and kept;
+    /// while no history service answers, asked again at most every 10 s.
     stored: std::sync::Mutex<Option<Arc<goim_edge::history::History>>>,
+    stored_asked: std::sync::Mutex<Option<std::time::Instant>>,
     pub stats: LogicStats,
 }
 
@@ -210,6 +212,13 @@ impl LogicState {
     async fn stored_subjects(&self) -> Option<Arc<goim_edge::history::History>> {
         if let Some(h) = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Some(h);
+        }
+        {
+            let mut asked = self.stored_asked.lock().unwrap_or_else(|p| p.into_inner());
+            if asked.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+                return None;
+            }
+            *asked = Some(std::time::Instant::now());
         }
         let found = goim_edge::history::History::discover(&self.client, 1000).await?;
         *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(found.clone());
@@ -288,6 +297,7 @@ pub async fn start(
         seq: AtomicU64::new(0),
         stats: LogicStats::default(),
             stored: std::sync::Mutex::new(None),
+        stored_asked: std::sync::Mutex::new(None),
     }))
 }
 

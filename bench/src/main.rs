@@ -80,6 +80,10 @@ enum Cmd {
         /// Longest wait for the last deliveries after the last publish.
         #[arg(long, default_value_t = 15.0)]
         drain_secs: f64,
+        /// Publish in bursts of N back-to-back messages at the same average rate (N/rate s apart):
+        /// what a coalescing window of N/rate seconds would give each connection's writer.
+        #[arg(long, default_value_t = 1)]
+        burst: u64,
     },
     /// S2 publish→client latency: 10k connections in one room, 20 pushes/s = 200k deliveries/s.
     S2 {
@@ -184,8 +188,8 @@ async fn coordinate(cli: Cli, nofile: u64) -> ExitCode {
     eprintln!("goim-bench: machine {machine}, open files {nofile}, scratch {}", env.dir.display());
     let runs: Vec<(&str, Scenario)> = match cli.cmd {
         Cmd::Smoke => smoke(),
-        Cmd::S1 { conns, edges, rate, secs, phases, drain_secs } => {
-            vec![("S1", Scenario::S1(scenarios::S1 { conns, edges, rate, secs, phases: list(&phases), drain_secs }))]
+        Cmd::S1 { conns, edges, rate, secs, phases, drain_secs, burst } => {
+            vec![("S1", Scenario::S1(scenarios::S1 { conns, burst, edges, rate, secs, phases: list(&phases), drain_secs }))]
         }
         Cmd::S2 { conns, rate, secs, transport, edges } => vec![("S2", Scenario::S2(scenarios::S2 { conns, rate, secs, transport, edges }))],
         Cmd::S3 { conns, transports, room_size, anonymous } => {
@@ -263,7 +267,7 @@ enum Scenario {
 /// `make bench`: every scenario small enough to finish in a couple of minutes on the 2-core VM.
 fn smoke() -> Vec<(&'static str, Scenario)> {
     vec![
-        ("S1", Scenario::S1(scenarios::S1 { conns: 1000, edges: 1, rate: 40.0, secs: 3.0, phases: list("tcp,ws,peer"), drain_secs: 5.0 })),
+        ("S1", Scenario::S1(scenarios::S1 { conns: 1000, burst: 1, edges: 1, rate: 40.0, secs: 3.0, phases: list("tcp,ws,peer"), drain_secs: 5.0 })),
         ("S2", Scenario::S2(scenarios::S2 { conns: 1000, rate: 20.0, secs: 3.0, transport: "tcp".into(), edges: 1 })),
         ("S3", Scenario::S3(scenarios::S3 { conns: 2000, mids: true, transports: list("tcp,ws"), room_size: 100 })),
         ("S4", Scenario::S4(scenarios::S4 { conns: 1000, heartbeat_secs: 2.0, window_secs: 5.0, baseline_secs: 2.0, transport: "tcp".into() })),
