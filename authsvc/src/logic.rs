@@ -434,9 +434,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 // A ready answer as the error: small enough, built once per refused request.
 #[allow(clippy::result_large_err)]
@@ -445,7 +442,7 @@ fn check_api_key(state: &LogicState, headers: &HeaderMap) -> Result<(), Response
         return Ok(());
     }
     match bearer(headers) {
-        Some(k) if state.api_keys.iter().fold(false, |ok, key| ok | constant_time_eq(key.as_bytes(), k.as_bytes())) => Ok(()),
+        Some(k) if state.api_keys.iter().fold(false, |ok, key| ok | goim_common::constant_time_eq(key.as_bytes(), k.as_bytes())) => Ok(()),
         Some(_) => Err(refuse(state, StatusCode::UNAUTHORIZED, "invalid API key")),
         None => Err(refuse(state, StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <API key>")),
     }

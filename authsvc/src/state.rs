@@ -34,18 +34,12 @@ impl AuthState {
     pub fn api_key_ok(&self, presented: &str) -> bool {
         let mut ok = false;
         for k in &self.api_keys {
-            ok |= constant_time_eq(k.as_bytes(), presented.as_bytes());
+            ok |= goim_common::constant_time_eq(k.as_bytes(), presented.as_bytes());
         }
         ok
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// The answer to a mint request, over HTTP and NATS alike.
 #[derive(Debug, Serialize)]
@@ -54,14 +48,4 @@ pub struct Minted {
     pub exp: u64,
     pub jti: String,
     pub kid: String,
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-    }
 }

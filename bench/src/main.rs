@@ -337,6 +337,12 @@ fn print_summary(name: &str, v: &Value) {
                 for (k, p) in phases {
                     if let Some(b) = p["profile"]["by_binary"].as_array() {
                         println!("  {k} perf by binary: {}", b.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" | "));
+                        println!(
+                            "  {k} edge syscalls {} | deliveries per sendto {} per context switch {}",
+                            p["profile"]["counts"],
+                            f(&p["profile"]["deliveries_per_sendto"]),
+                            f(&p["profile"]["deliveries_per_context_switch"])
+                        );
                     }
                 }
             }

@@ -412,7 +412,13 @@ pub fn free_port() -> Result<u16> {
 pub struct Perf {
     child: Child,
     path: PathBuf,
+    stat: Option<Child>,
+    stat_path: PathBuf,
 }
+
+/// Syscalls and scheduler events counted by `perf stat` next to the sampling.
+const PERF_STAT_EVENTS: &str =
+    "syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches";
 
 impl Perf {
     pub fn start(pids: &[u32], path: PathBuf) -> Result<Perf> {
@@ -423,7 +429,14 @@ impl Perf {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(|e| format!("perf: {e}"))?;
-        Ok(Perf { child, path })
+        let stat_path = path.with_extension("stat");
+        let mut cmd = command(Path::new("perf"));
+        cmd.args(["stat", "-x", ",", "-e", PERF_STAT_EVENTS, "-p", &list.join(","), "-o"])
+            .arg(&stat_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let stat = cmd.spawn().ok();
+        Ok(Perf { child, path, stat, stat_path })
     }
 
     /// Stop recording (SIGINT, as Ctrl-C) and summarise: share of samples per binary and the top symbols.
@@ -435,6 +448,25 @@ impl Perf {
             }
         }
         let _ = timeout(Duration::from_secs(30), self.child.wait()).await;
+        let mut counts = serde_json::Map::new();
+        if let Some(mut stat) = self.stat.take() {
+            if let Some(pid) = stat.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGINT);
+                }
+            }
+            let _ = timeout(Duration::from_secs(10), stat.wait()).await;
+            for line in std::fs::read_to_string(&self.stat_path).unwrap_or_default().lines() {
+                let f: Vec<&str> = line.split(',').collect();
+                if f.len() >= 3 {
+                    if let Ok(n) = f[0].trim().parse::<f64>() {
+                        let name = f[2].trim().trim_start_matches("syscalls:sys_enter_");
+                        counts.insert(name.to_string(), json!(n));
+                    }
+                }
+            }
+        }
         let report = |sort: &'static str, n: usize| {
             let path = self.path.clone();
             async move {
@@ -456,6 +488,7 @@ impl Perf {
         };
         json!({
             "data": self.path.display().to_string(),
+            "counts": counts,
             "by_binary": report("dso", 8).await,
             "top_symbols": report("dso,sym", 40).await,
         })

@@ -263,6 +263,12 @@ async fn measure_fanout(
         }
     }
     let _ = last;
+    let mut profile = profile;
+    if let Some(counts) = profile["counts"].as_object().cloned() {
+        let per = |k: &str| counts.get(k).and_then(Value::as_f64).map(|n| round(delivered as f64 / n.max(1.0), 2));
+        profile["deliveries_per_sendto"] = json!(per("sendto"));
+        profile["deliveries_per_context_switch"] = json!(per("context-switches"));
+    }
     let cpu = cpu_delta(a, b);
     let wall = (b.at - a.at).as_secs_f64();
     let edge_cpu = cpu["edge_cpu_s"].as_f64().unwrap_or(0.0);

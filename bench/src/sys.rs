@@ -15,10 +15,10 @@ pub fn raise_nofile() -> u64 {
         if lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur as u64;
+                return want.rlim_cur;
             }
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 

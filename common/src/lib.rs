@@ -86,6 +86,14 @@ pub fn credentials(name: &str, user: &str, password: &str) -> async_nats::Connec
     opts.name(name)
 }
 
+/// Compare secrets (API keys) in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Wait for SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -122,6 +130,13 @@ mod tests {
         assert!(b.is_ok(), "SO_REUSEPORT lets a second listener share the port");
         let c = bind(&format!("127.0.0.1:{port}"), false, 16);
         assert!(c.is_err(), "without it the port is taken");
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -60,51 +60,41 @@ enum ConnectReply {
     Refused { error: String },
 }
 
-/// See the module docs.
+/// A token verifier whose keys are the configured files plus the set authsvc announces on
+/// `auth.keys` (replaced at every announcement, so a key removed from authsvc stops working). Shared
+/// by every verifier of goim tokens on the bus (edges, goim-history).
 #[derive(Debug)]
-pub struct Access {
-    pub mode: AuthMode,
+pub struct FollowedKeys {
     verifier: Verifier,
     file_keys: KeySet,
-    bridge: Bridge,
-    edge_id: String,
-    delegate_timeout: Duration,
 }
 
-impl Access {
-    /// Load the key files and, with `keys_from_nats`, follow authsvc's announcements.
-    pub async fn start(cfg: &AuthConfig, bridge: &Bridge, edge_id: &str) -> Result<Arc<Access>, AccessError> {
-        let mut file_keys = Vec::new();
-        for k in &cfg.keys {
-            file_keys.push(VerifyingKey::load(&k.id, k.alg, &k.file)?);
-        }
-        let file_keys = KeySet::new(file_keys);
-        let access = Arc::new(Access {
-            mode: cfg.mode,
-            verifier: Verifier::new(file_keys.clone(), &cfg.issuer, &cfg.audience, cfg.leeway_secs),
-            file_keys,
-            bridge: bridge.clone(),
-            edge_id: edge_id.to_string(),
-            delegate_timeout: Duration::from_millis(cfg.delegate_timeout_ms),
-        });
-        if cfg.mode != AuthMode::TrustBody && cfg.keys_from_nats {
-            let mut announcements = bridge.publisher().subscribe(AUTH_KEYS).await?;
-            let a = access.clone();
-            tokio::spawn(async move {
-                while let Some(msg) = announcements.next().await {
-                    a.apply_announcement(&msg.payload);
-                }
-            });
-            // Ask once now; if no authsvc answers, the announcement it makes when it starts will do.
-            match bridge
-                .request(AUTH_KEYS_GET.to_string(), HeaderMap::new(), Bytes::new(), Duration::from_secs(2))
-                .await
-            {
-                Ok(reply) => access.apply_announcement(&reply.payload),
-                Err(e) => warn!(error = %e, "no token keys from authsvc yet; waiting for its announcement on {AUTH_KEYS}"),
+impl FollowedKeys {
+    pub fn new(file_keys: KeySet, issuer: &str, audience: &str, leeway_secs: u64) -> Arc<FollowedKeys> {
+        Arc::new(FollowedKeys { verifier: Verifier::new(file_keys.clone(), issuer, audience, leeway_secs), file_keys })
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Follow authsvc's announcements on `client`, and ask once now; if no authsvc answers, the
+    /// announcement it makes when it starts will do.
+    pub async fn follow(self: &Arc<Self>, client: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
+        let mut announcements = client.subscribe(AUTH_KEYS).await?;
+        let keys = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = announcements.next().await {
+                keys.apply_announcement(&msg.payload);
             }
+        });
+        let ask = client.request(AUTH_KEYS_GET, Bytes::new());
+        match tokio::time::timeout(Duration::from_secs(2), ask).await {
+            Ok(Ok(reply)) => self.apply_announcement(&reply.payload),
+            Ok(Err(e)) => warn!(error = %e, "no token keys from authsvc yet; waiting for its announcement on {AUTH_KEYS}"),
+            Err(_) => warn!("no token keys from authsvc within 2 s; waiting for its announcement on {AUTH_KEYS}"),
         }
-        Ok(access)
+        Ok(())
     }
 
     fn apply_announcement(&self, payload: &[u8]) {
@@ -121,10 +111,41 @@ impl Access {
             Err(e) => warn!(error = %e, "ignoring an invalid key announcement on {AUTH_KEYS}"),
         }
     }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Access {
+    pub mode: AuthMode,
+    keys: Arc<FollowedKeys>,
+    bridge: Bridge,
+    edge_id: String,
+    delegate_timeout: Duration,
+}
+
+impl Access {
+    /// Load the key files and, with `keys_from_nats`, follow authsvc's announcements.
+    pub async fn start(cfg: &AuthConfig, bridge: &Bridge, edge_id: &str) -> Result<Arc<Access>, AccessError> {
+        let mut file_keys = Vec::new();
+        for k in &cfg.keys {
+            file_keys.push(VerifyingKey::load(&k.id, k.alg, &k.file)?);
+        }
+        let keys = FollowedKeys::new(KeySet::new(file_keys), &cfg.issuer, &cfg.audience, cfg.leeway_secs);
+        if cfg.mode != AuthMode::TrustBody && cfg.keys_from_nats {
+            keys.follow(bridge.publisher()).await?;
+        }
+        Ok(Arc::new(Access {
+            mode: cfg.mode,
+            keys,
+            bridge: bridge.clone(),
+            edge_id: edge_id.to_string(),
+            delegate_timeout: Duration::from_millis(cfg.delegate_timeout_ms),
+        }))
+    }
 
     /// Verify a client's token.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verifier.verify(token)
+        self.keys.verifier().verify(token)
     }
 
     /// Delegated mode: ask authsvc to decide on this raw auth body; verify the token it answers with.
@@ -138,7 +159,7 @@ impl Access {
             .await
             .map_err(|e| Denied::Unavailable(e.to_string()))?;
         match serde_json::from_slice::<ConnectReply>(&reply.payload) {
-            Ok(ConnectReply::Token { token }) => Ok((self.verifier.verify(&token)?, token)),
+            Ok(ConnectReply::Token { token }) => Ok((self.keys.verifier().verify(&token)?, token)),
             Ok(ConnectReply::Refused { error }) => Err(Denied::Refused(error)),
             Err(e) => Err(Denied::Unavailable(format!("invalid answer from authsvc: {e}"))),
         }

@@ -8,13 +8,11 @@
 //! | broadcast | always (every connection receives broadcasts) | always |
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use goim_edge::subjects::{AUTH_KEYS, AUTH_KEYS_GET};
-use goim_token::{Claims, Jwks, KeySet, Verifier, VerifyingKey};
-use tracing::{info, warn};
+use goim_edge::access::FollowedKeys;
+use goim_edge::subjects::AUTH_KEYS;
+use goim_token::{Claims, KeySet, VerifyingKey};
+use tracing::info;
 
 use crate::config::TokensConfig;
 use crate::query::{Refusal, Target};
@@ -57,8 +55,7 @@ impl Caller {
 
 #[derive(Debug)]
 pub struct Access {
-    verifier: Verifier,
-    file_keys: KeySet,
+    keys: Arc<FollowedKeys>,
     api_keys: Vec<String>,
 }
 
@@ -69,7 +66,6 @@ impl Access {
         for k in &cfg.keys {
             file_keys.push(VerifyingKey::load(&k.id, k.alg, &k.file)?);
         }
-        let file_keys = KeySet::new(file_keys);
         let mut api_keys: Vec<String> = cfg.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
         for path in &cfg.api_key_files {
             let text = std::fs::read_to_string(path)
@@ -79,44 +75,12 @@ impl Access {
                 api_keys.push(key);
             }
         }
-        let access = Arc::new(Access {
-            verifier: Verifier::new(file_keys.clone(), &cfg.issuer, &cfg.audience, cfg.leeway_secs),
-            file_keys,
-            api_keys,
-        });
+        let keys = FollowedKeys::new(KeySet::new(file_keys), &cfg.issuer, &cfg.audience, cfg.leeway_secs);
         if cfg.keys_from_nats {
-            let mut announcements = client.subscribe(AUTH_KEYS).await?;
-            let a = access.clone();
-            tokio::spawn(async move {
-                while let Some(msg) = announcements.next().await {
-                    a.apply_announcement(&msg.payload);
-                }
-            });
-            // Ask once now; if no authsvc answers, its announcement at start will do.
-            let ask = client.request(AUTH_KEYS_GET, Bytes::new());
-            match tokio::time::timeout(Duration::from_secs(2), ask).await {
-                Ok(Ok(reply)) => access.apply_announcement(&reply.payload),
-                Ok(Err(e)) => warn!(error = %e, "no token keys from authsvc yet; waiting for its announcement on {AUTH_KEYS}"),
-                Err(_) => warn!("no token keys from authsvc within 2 s; waiting for its announcement on {AUTH_KEYS}"),
-            }
+            keys.follow(client).await?;
         }
-        info!(keys = ?access.verifier.kids(), api_keys = access.api_keys.len(), "read access configured");
-        Ok(access)
-    }
-
-    fn apply_announcement(&self, payload: &[u8]) {
-        let announced = serde_json::from_slice::<Jwks>(payload)
-            .map_err(|e| e.to_string())
-            .and_then(|jwks| KeySet::from_jwks(&jwks).map_err(|e| e.to_string()));
-        match announced {
-            Ok(announced) => {
-                let mut keys = self.file_keys.clone();
-                keys.merge(announced);
-                info!(keys = ?keys.kids(), "token keys updated from authsvc");
-                self.verifier.set_keys(keys);
-            }
-            Err(e) => warn!(error = %e, "ignoring an invalid key announcement on {AUTH_KEYS}"),
-        }
+        info!(keys = ?keys.verifier().kids(), api_keys = api_keys.len(), "read access configured");
+        Ok(Arc::new(Access { keys, api_keys }))
     }
 
     /// Who presents `credential` (a token or an API key)? 401 when nobody.
@@ -127,24 +91,19 @@ impl Access {
         };
         let mut is_api_key = false;
         for k in &self.api_keys {
-            is_api_key |= constant_time_eq(k.as_bytes(), credential.as_bytes());
+            is_api_key |= goim_common::constant_time_eq(k.as_bytes(), credential.as_bytes());
         }
         if is_api_key {
             return Ok(Caller::Backend);
         }
-        self.verifier
+        self.keys
+            .verifier()
             .verify(credential)
             .map(|c| Caller::Token(Box::new(c)))
             .map_err(|e| Refusal::Unauthorized(format!("invalid token: {e}")))
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 #[cfg(test)]
 mod tests {
@@ -185,11 +144,7 @@ mod tests {
 
     #[test]
     fn api_keys_and_missing_tokens() {
-        let a = Access {
-            verifier: Verifier::new(KeySet::new(vec![]), "i", "a", 0),
-            file_keys: KeySet::new(vec![]),
-            api_keys: vec!["backend-key".into()],
-        };
+        let a = Access { keys: FollowedKeys::new(KeySet::new(vec![]), "i", "a", 0), api_keys: vec!["backend-key".into()] };
         assert!(matches!(a.authenticate(Some("backend-key")), Ok(Caller::Backend)));
         assert!(matches!(a.authenticate(Some("backend-kex")), Err(Refusal::Unauthorized(_))));
         assert!(matches!(a.authenticate(None), Err(Refusal::Unauthorized(_))));
