@@ -114,6 +114,8 @@ pub struct Stored {
 
 /// Messages kept per stored room for joins and resumes without a JetStream round trip.
 pub const RING_SIZE: usize = 256;
+/// Live messages held for one resuming connection before it is disconnected as too slow.
+pub const MAX_HELD: usize = 65_536;
 
 /// The history state of one stored subject's group: the last sequence delivered, a ring of recent
 /// messages (rooms), and the members whose live messages are held while they resume.
@@ -124,6 +126,9 @@ pub struct Sequenced {
     /// (previous sequence of the subject, message), oldest first; contiguous in the subject.
     ring: Mutex<std::collections::VecDeque<(u64, Stored)>>,
     held: Mutex<HashMap<u64, Vec<Stored>>>,
+    /// The last JetStream fetch for a resume (its `after` and result): later resumes of the same gap
+    /// beyond the ring reuse it instead of fetching again.
+    last_fetch: Mutex<Option<(u64, Arc<Fetched>)>>,
 }
 
 impl Sequenced {
@@ -133,6 +138,7 @@ impl Sequenced {
             last_seq: AtomicU64::new(0),
             ring: Mutex::new(std::collections::VecDeque::new()),
             held: Mutex::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
         }
     }
 
@@ -194,6 +200,21 @@ impl Sequenced {
         while ring.len() > RING_SIZE {
             ring.pop_front();
         }
+    }
+
+    /// The messages after `after` up to `latest` from the last resume fetch, if it covers them.
+    pub fn from_last_fetch(&self, after: u64, latest: u64) -> Option<Vec<Stored>> {
+        let cache = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+        let (fetched_after, fetched) = cache.as_ref()?;
+        let newest = fetched.messages.last().map_or(*fetched_after, |s| s.seq);
+        if *fetched_after > after || newest < latest {
+            return None;
+        }
+        Some(fetched.messages.iter().filter(|s| s.seq > after).cloned().collect())
+    }
+
+    pub fn remember_fetch(&self, after: u64, fetched: Arc<Fetched>) {
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some((after, fetched));
     }
 
     /// The messages after `after` up to `latest` if the ring holds all of them.

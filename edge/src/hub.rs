@@ -511,6 +511,11 @@ impl Hub {
                     continue;
                 }
                 if let Some(buffer) = held.get_mut(&member.id) {
+                    if buffer.len() >= crate::history::MAX_HELD {
+                        // Resuming far slower than the room moves: a slow consumer, said so.
+                        member.outbox.close(CloseReason::SlowConsumer);
+                        continue;
+                    }
                     buffer.push(stored.clone());
                 } else if member.outbox.push(Outgoing::Push(stored.frame.clone())).is_ok() {
                     delivered += 1;
@@ -583,12 +588,14 @@ impl Hub {
     async fn replay(&self, group: &Group, seq: &Sequenced, member: &Arc<Member>, after: u64) -> Result<(usize, u64), RecoveryFailed> {
         let history = self.history().ok_or_else(|| RecoveryFailed::Unavailable("no history".into()))?;
         let latest = seq.last_seq();
-        let messages = match seq.from_ring(after, latest) {
+        let cached = seq.from_ring(after, latest).or_else(|| seq.from_last_fetch(after, latest));
+        let messages = match cached {
             Some(messages) => messages,
             None if latest != 0 && after >= latest => Vec::new(),
             None => {
                 let fetched = history.fetch(&group.subject, after, latest).await?;
                 seq.seed(after, &fetched.messages);
+                seq.remember_fetch(after, fetched.clone());
                 // What was fetched was stored before the fetch: its live copy has come or will
                 // never come to this group; a late one must not duplicate the replay.
                 if let Some(newest) = fetched.messages.last() {
@@ -604,7 +611,9 @@ impl Hub {
             if group.delivery == Delivery::Accepting && !member.accepts(stored.op) {
                 continue;
             }
-            if member.outbox.push(Outgoing::Push(stored.frame)).is_err() {
+            // Paced: a replay of thousands of messages waits for the client's writer instead of
+            // overflowing its outbound bound.
+            if member.outbox.push_paced(Outgoing::Push(stored.frame)).await.is_err() {
                 break;
             }
             n += 1;

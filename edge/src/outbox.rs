@@ -51,6 +51,8 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
+    /// Signalled whenever the writer takes what is queued: room for [`Outbox::push_paced`].
+    drained: Notify,
     /// Cancelled on close, so a writer blocked on a socket that is not being read can be abandoned.
     closed: CancellationToken,
     limit: usize,
@@ -68,6 +70,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            drained: Notify::new(),
             closed: CancellationToken::new(),
             limit,
         }
@@ -105,6 +108,31 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queue an item, first waiting (not failing) while the queue is over half full: for long
+    /// replays, which must reach a client that reads, however long they are. The close is still
+    /// immediate for a client that stops reading: its writer never drains.
+    pub async fn push_paced(&self, item: Outgoing) -> Result<(), CloseReason> {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.lock();
+                if let Some(reason) = st.closed {
+                    return Err(reason);
+                }
+                if st.bytes + item.len() <= self.limit / 2 || st.items.is_empty() {
+                    drop(st);
+                    return self.push(item);
+                }
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => {}
+            }
+        }
+    }
+
     /// Close the outbox; the first reason wins. Queued items are discarded: the connection is going.
     pub fn close(&self, reason: CloseReason) -> CloseReason {
         let mut st = self.lock();
@@ -140,7 +168,10 @@ impl Outbox {
                 }
                 if !st.items.is_empty() {
                     st.bytes = 0;
-                    return Batch::Items(st.items.drain(..).collect());
+                    let items = st.items.drain(..).collect();
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return Batch::Items(items);
                 }
             }
             notified.await;
@@ -195,6 +226,28 @@ mod tests {
         tokio::task::yield_now().await;
         o.push(Outgoing::Push(Bytes::from_static(b"x"))).unwrap();
         assert!(matches!(writer.await.unwrap(), Batch::Items(v) if v.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn paced_push_waits_for_the_writer_instead_of_overflowing() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let item = || Outgoing::Push(Bytes::from(vec![0u8; 30]));
+        // More than half full after each push: every further paced push waits for the writer.
+        let o2 = o.clone();
+        let pusher = tokio::spawn(async move {
+            for _ in 0..10 {
+                o2.push_paced(item()).await.unwrap();
+            }
+        });
+        let mut taken = 0;
+        while taken < 10 {
+            match o.next_batch().await {
+                Batch::Items(items) => taken += items.len(),
+                Batch::Closed(r) => panic!("closed: {r:?}"),
+            }
+        }
+        pusher.await.unwrap();
+        assert_eq!(o.closed_reason(), None, "300 bytes went through a 100-byte bound");
     }
 
     #[tokio::test]

@@ -342,3 +342,32 @@ async fn history_reads_over_the_client_op_with_the_real_history_service() {
     let got = collect(&mut c, |got, _| got.is_empty()).await;
     assert_eq!(got, vec![(CLASS_ROOM, live, "live".into())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_larger_than_the_outbound_bound_is_paced_not_cut_off() {
+    let nats = NatsServer::start().await;
+    let st = stored(&nats, 100_000).await;
+    // 64 KiB outbound bound; 3,000 × ~200 B ≈ 600 KiB to replay.
+    let edge = Edge::start(&nats, EdgeOpts::new().max_outbound_bytes(65_536)).await;
+    let from = st.push("room.live.big", "seen".into()).await;
+    let pad = "x".repeat(180);
+    for i in 0..3000 {
+        st.push("room.live.big", format!("{i:05}{pad}")).await;
+    }
+    let mut c = Client::connect_tcp(edge.tcp_addr()).await.with_label("big-resume");
+    auth_raw(&mut c, json!({"mid": 0, "room_id": "live://big", "resume": {"room": from}})).await;
+    let mut answer = None;
+    let got = collect(&mut c, |_, p| {
+        if p.op == 20 {
+            answer = Some(serde_json::from_slice::<Value>(&p.body).unwrap());
+            return false;
+        }
+        true
+    })
+    .await;
+    assert_eq!(answer.unwrap()["room"], json!({"ok": true, "replayed": 3000}));
+    assert_eq!(got.len(), 3000);
+    assert!(got.iter().enumerate().all(|(i, (_, _, b))| b.starts_with(&format!("{i:05}"))), "in order");
+    let stats = edge.stats(&nats).await;
+    assert_eq!(stats["closed"]["slow_consumer"], 0, "{stats}");
+}
