@@ -191,10 +191,8 @@ pub use goim_common::{LogConfig, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("invalid config {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error(transparent)]
+    File(#[from] goim_common::ConfigFileError),
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -202,10 +200,7 @@ pub enum ConfigError {
 impl Config {
     /// Load `path`; relative key and seed file paths are resolved against the config file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let mut cfg: Config = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        let mut cfg: Config = goim_common::read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate()?;
@@ -213,18 +208,13 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|source| ConfigError::Parse { path: "<text>".into(), source })?;
+        let cfg: Config = goim_common::parse_toml(text, "<text>")?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if !p.as_os_str().is_empty() && p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let fix = |p: &mut PathBuf| goim_common::resolve_relative(base, p);
         for k in &mut self.tokens.keys {
             fix(&mut k.file);
         }

@@ -1,14 +1,44 @@
 //! What every goim-nats binary (goim-edge, goim-authsvc, goim-history) shares, so each does it the
-//! same way: the `[log]` config section and logging set-up, binding a listener (SO_REUSEPORT), the
+//! same way: reading its TOML config file, the `[log]` config section and logging set-up, binding a listener (SO_REUSEPORT), the
 //! NATS connection that retries until the servers answer, and waiting for SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+/// Why a config file could not be turned into a config (validation errors are each binary's own).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+}
+
+/// Parse TOML config text; `origin` names it in errors (a path, or `<text>`).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigFileError> {
+    toml::from_str(text).map_err(|source| ConfigFileError::Parse { path: origin.to_string(), source })
+}
+
+/// Read and parse a TOML config file.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigFileError::Read { path: path.display().to_string(), source })?;
+    parse_toml(&text, &path.display().to_string())
+}
+
+/// Make a file path named in a config relative to the config file's folder `base` (empty stays empty).
+pub fn resolve_relative(base: &Path, path: &mut PathBuf) {
+    if !path.as_os_str().is_empty() && path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +167,23 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn config_files_name_their_errors_and_resolve_paths() {
+        let e = parse_toml::<LogConfig>("level = 5", "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("invalid config x.toml:"), "{e}");
+        let e = read_toml::<LogConfig>(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read /nonexistent/x.toml:"), "{e}");
+        let mut rel = PathBuf::from("keys/k1.pem");
+        resolve_relative(Path::new("/etc/goim"), &mut rel);
+        assert_eq!(rel, PathBuf::from("/etc/goim/keys/k1.pem"));
+        let mut abs = PathBuf::from("/k.pem");
+        resolve_relative(Path::new("/etc/goim"), &mut abs);
+        assert_eq!(abs, PathBuf::from("/k.pem"));
+        let mut empty = PathBuf::new();
+        resolve_relative(Path::new("/etc/goim"), &mut empty);
+        assert_eq!(empty, PathBuf::new());
     }
 
     #[test]

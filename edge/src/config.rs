@@ -303,37 +303,26 @@ pub use goim_common::{LogConfig, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("invalid config {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error(transparent)]
+    File(#[from] goim_common::ConfigFileError),
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let mut cfg = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => {
-                ConfigError::Parse { path: path.display().to_string(), source }
-            }
-            other => other,
-        })?;
+        let mut cfg: Config = goim_common::read_toml(path)?;
         // Key files are relative to the config file's folder.
         let base = path.parent().unwrap_or(Path::new("."));
         for k in &mut cfg.auth.keys {
-            if k.file.is_relative() {
-                k.file = base.join(&k.file);
-            }
+            goim_common::resolve_relative(base, &mut k.file);
         }
+        cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: "<text>".into(), source })?;
+        let cfg: Config = goim_common::parse_toml(text, "<text>")?;
         cfg.validate()?;
         Ok(cfg)
     }
