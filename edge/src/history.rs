@@ -160,8 +160,9 @@ impl Sequenced {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&member).unwrap_or_default()
     }
 
-    pub fn with_held<R>(&self, f: impl FnOnce(&mut HashMap<u64, Vec<Stored>>) -> R) -> R {
-        f(&mut self.held.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The held buffers (member id → messages held while it resumes).
+    pub fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Stored>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remember a delivered message (ring for rooms) and advance the last sequence.

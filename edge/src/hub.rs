@@ -320,33 +320,6 @@ impl Hub {
         Some((op, encode_push(op, &msg.payload)))
     }
 
-    /// A broadcast spread over time: the members present now (that accept the op) are reached at
-    /// `rate` connections per second, the first at once.
-    async fn deliver_paced(&self, group: &Group, msg: &Message, rate: u64) {
-        let Some((op, frame)) = self.encode(msg) else { return };
-        let members: Vec<Arc<Member>> = group
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|m| m.accepts(op))
-            .cloned()
-            .collect();
-        debug!(members = members.len(), rate, "paced broadcast");
-        let start = tokio::time::Instant::now();
-        let mut delivered = 0u64;
-        for (i, member) in members.iter().enumerate() {
-            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
-            if due > tokio::time::Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-            if member.outbox.push(Outgoing::Push(frame.clone())).is_ok() {
-                delivered += 1;
-            }
-        }
-        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-    }
-
     /// Remove `member_id` from `subject`; the last local member's leave unsubscribes.
     pub fn leave(&self, subject: &str, member_id: u64) {
         let mut groups = self.lock_groups();
@@ -369,19 +342,83 @@ impl Hub {
 
     fn deliver(&self, group: &Group, msg: &Message) {
         let Some((op, frame)) = self.encode(msg) else { return };
+        self.fan_out(group, op, &frame, None);
+    }
+
+    /// A broadcast spread over time (`Goim-Speed`).
+    async fn deliver_paced(&self, group: &Group, msg: &Message, rate: u64) {
+        let Some((op, frame)) = self.encode(msg) else { return };
+        self.fan_out_paced(group, op, &frame, None, rate).await;
+    }
+
+    /// Queue one push for `member`: into its held buffer while it resumes this stored subject, else
+    /// into its outbox. Returns whether it was queued for sending now.
+    fn offer(&self, group: &Group, member: &Member, frame: &Bytes, held: Option<(&mut HashMap<u64, Vec<Stored>>, &Stored)>) -> bool {
+        if let Some((held, stored)) = held {
+            if let Some(buffer) = held.get_mut(&member.id) {
+                if buffer.len() >= crate::history::MAX_HELD {
+                    // Resuming far slower than the subject moves: a slow consumer, said so.
+                    member.outbox.close(CloseReason::SlowConsumer);
+                } else {
+                    buffer.push(stored.clone());
+                }
+                return false;
+            }
+        }
+        match member.outbox.push(Outgoing::Push(frame.clone())) {
+            Ok(()) => true,
+            Err(CloseReason::SlowConsumer) => {
+                // The connection's own task sees the closed outbox, logs and counts the reason.
+                debug!(member = member.id, subject = %group.subject, "outbound bound exceeded");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The hub's fan-out: `frame` to every member that should get it (room: all; user, key,
+    /// broadcast: those accepting `op`). `stored` is set for a stored subject's message, whose
+    /// resuming members get it through their held buffer.
+    fn fan_out(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>) {
         let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        let mut held = stored.map(|(seq, s)| (seq.held(), s));
         let mut delivered = 0u64;
         for member in members.values() {
             if group.delivery == Delivery::Accepting && !member.accepts(op) {
                 continue;
             }
-            match member.outbox.push(Outgoing::Push(frame.clone())) {
-                Ok(()) => delivered += 1,
-                Err(CloseReason::SlowConsumer) => {
-                    // The connection's own task sees the closed outbox, logs and counts the reason.
-                    debug!(member = member.id, subject = %group.subject, "outbound bound exceeded");
-                }
-                Err(_) => {}
+            let held = held.as_mut().map(|(guard, s)| (&mut **guard, *s));
+            if self.offer(group, member, frame, held) {
+                delivered += 1;
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// [`Hub::fan_out`] spread over time: the members present now (that accept the op) are reached
+    /// at `rate` connections per second, the first at once. Runs in the subject's own task, so later
+    /// messages of the subject wait (their order is kept) and other subjects are not held up.
+    async fn fan_out_paced(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>, rate: u64) {
+        let members: Vec<Arc<Member>> = group
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| m.accepts(op))
+            .cloned()
+            .collect();
+        debug!(members = members.len(), rate, "paced broadcast");
+        let start = tokio::time::Instant::now();
+        let mut delivered = 0u64;
+        for (i, member) in members.iter().enumerate() {
+            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            let mut held = stored.map(|(seq, s)| (seq.held(), s));
+            let held = held.as_mut().map(|(guard, s)| (&mut **guard, *s));
+            if self.offer(group, member, frame, held) {
+                delivered += 1;
             }
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
@@ -479,7 +516,8 @@ impl Hub {
                 Ok(fetched) => {
                     let mut before = last;
                     for stored in fetched.messages.iter().filter(|s| s.seq > last) {
-                        self.fan_out_stored(group, seq, before, stored.clone());
+                        self.fan_out(group, stored.op, &stored.frame, Some((seq, stored)));
+                        seq.record(before, stored.clone());
                         before = stored.seq;
                     }
                 }
@@ -490,73 +528,21 @@ impl Hub {
             }
         }
         match history.stored(seq.class, this, msg.headers.as_ref(), &msg.payload) {
-            Some(stored) => match self.broadcast_rate(group, msg) {
-                Some(rate) => self.fan_out_stored_paced(group, seq, prev, stored, rate).await,
-                None => self.fan_out_stored(group, seq, prev, stored),
-            },
+            Some(stored) => {
+                // Fan out first, record after: a resume that misses this message in the ring is
+                // still holding, so the message reaches it through its held buffer.
+                match self.broadcast_rate(group, msg) {
+                    Some(rate) => self.fan_out_paced(group, stored.op, &stored.frame, Some((seq, &stored)), rate).await,
+                    None => self.fan_out(group, stored.op, &stored.frame, Some((seq, &stored))),
+                }
+                seq.record(prev, stored);
+            }
             None => {
                 self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);
                 warn!(subject = %msg.subject, "push refused: Goim-Op is not an int32");
                 seq.set_last_seq(this);
             }
         }
-    }
-
-    fn fan_out_stored(&self, group: &Group, seq: &Sequenced, prev: u64, stored: Stored) {
-        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
-        let mut delivered = 0u64;
-        seq.with_held(|held| {
-            for member in members.values() {
-                if group.delivery == Delivery::Accepting && !member.accepts(stored.op) {
-                    continue;
-                }
-                if let Some(buffer) = held.get_mut(&member.id) {
-                    if buffer.len() >= crate::history::MAX_HELD {
-                        // Resuming far slower than the room moves: a slow consumer, said so.
-                        member.outbox.close(CloseReason::SlowConsumer);
-                        continue;
-                    }
-                    buffer.push(stored.clone());
-                } else if member.outbox.push(Outgoing::Push(stored.frame.clone())).is_ok() {
-                    delivered += 1;
-                }
-            }
-        });
-        seq.record(prev, stored);
-        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-    }
-
-    /// A stored broadcast with `Goim-Speed`: like [`Hub::deliver_paced`], members reached at `rate`
-    /// per second; resuming members get it through their held buffer.
-    async fn fan_out_stored_paced(&self, group: &Group, seq: &Sequenced, prev: u64, stored: Stored, rate: u64) {
-        let members: Vec<Arc<Member>> = group
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|m| m.accepts(stored.op))
-            .cloned()
-            .collect();
-        seq.record(prev, stored.clone());
-        let start = tokio::time::Instant::now();
-        let mut delivered = 0u64;
-        for (i, member) in members.iter().enumerate() {
-            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
-            if due > tokio::time::Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-            let direct = seq.with_held(|held| match held.get_mut(&member.id) {
-                Some(buffer) => {
-                    buffer.push(stored.clone());
-                    false
-                }
-                None => true,
-            });
-            if direct && member.outbox.push(Outgoing::Push(stored.frame.clone())).is_ok() {
-                delivered += 1;
-            }
-        }
-        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Replay to `member` what it missed on `group` after sequence `from` (a full stream sequence or
