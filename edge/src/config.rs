@@ -170,6 +170,21 @@ pub struct NatsConfig {
     /// Messages one subscription may queue in the client before the server's messages are dropped
     /// (async-nats `subscription_capacity`).
     pub subscription_capacity: usize,
+    /// How user and key subjects (one or two per connection) are followed: `Wildcard` (one `user.*`
+    /// and one `key.*` subscription per edge, dispatched by the hub) or `Exact` (one subscription per
+    /// distinct subject).
+    pub per_connection_subjects: PerConnectionSubjects,
+}
+
+/// See [`NatsConfig::per_connection_subjects`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PerConnectionSubjects {
+    /// One wildcard subscription per class per edge: no NATS subscription per connection (an async-nats
+    /// subscription costs ≈ 5 KB), at the price of every edge receiving every user and key push.
+    Wildcard,
+    /// One subscription per distinct user/key subject: an edge receives only its own clients' pushes.
+    Exact,
 }
 
 impl Default for NatsConfig {
@@ -181,6 +196,7 @@ impl Default for NatsConfig {
             user: String::new(),
             password: String::new(),
             subscription_capacity: 65_536,
+            per_connection_subjects: PerConnectionSubjects::Wildcard,
         }
     }
 }
@@ -190,11 +206,21 @@ impl Default for NatsConfig {
 pub struct PushConfig {
     /// Business op of a push that carries no `Goim-Op` header.
     pub default_op: i32,
+    /// Coalescing window (ms) of each subject's fan-out: messages arriving within it go to every member
+    /// as one batch (one queue entry, one write). 0 = no window: a message goes out at once, batched
+    /// only with messages already waiting (adaptive coalescing).
+    pub coalesce_ms: u64,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
-        PushConfig { default_op: 1000 }
+        PushConfig { default_op: 1000, coalesce_ms: 0 }
+    }
+}
+
+impl PushConfig {
+    pub fn coalesce_window(&self) -> Option<Duration> {
+        (self.coalesce_ms > 0).then(|| Duration::from_millis(self.coalesce_ms))
     }
 }
 
@@ -351,6 +377,9 @@ impl Config {
         }
         if self.nats.subscription_capacity == 0 {
             return invalid("nats.subscription_capacity must be at least 1");
+        }
+        if self.push.coalesce_ms > 10_000 {
+            return invalid("push.coalesce_ms must be at most 10000 (10 s)");
         }
         if self.session.handshake_timeout_ms == 0 || self.session.idle_timeout_ms == 0 {
             return invalid("session timeouts must be positive");

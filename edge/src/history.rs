@@ -338,6 +338,11 @@ impl History {
         s.subjects.iter().any(|p| subject_matches(p, subject)).then(|| (class, s.stream.clone()))
     }
 
+    /// Whether goim-history runs a stream for user subjects (some or all of them).
+    pub fn stores_users(&self) -> bool {
+        self.info.streams.get("users").is_some_and(|s| s.is_some())
+    }
+
     /// A stored message as a push with its sequence; None when its `Goim-Op` is not an int32.
     pub fn stored(&self, class: Class, seq: u64, headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> Option<Stored> {
         let op = match headers.and_then(|h| h.get(subjects::OP_HEADER)) {

@@ -11,19 +11,27 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::{HeaderMap, Message};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use async_nats::{HeaderMap, Message, Subscriber};
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio::time::{sleep_until, Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::bridge::Bridge;
+use crate::config::{Config, PerConnectionSubjects};
 use crate::history::{widen, History, RecoveryFailed, Sequenced, Stored};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::encode_push;
 use crate::stats::{CloseReason, Stats};
 use crate::subjects;
+
+/// Most messages handed to a member as one queue entry (one write): the accept filter of a batch is a
+/// 64-bit mask.
+const MAX_BATCH: usize = 64;
+/// Most messages one subject collects within one coalescing window (bounds the memory of a window).
+const MAX_WINDOW_MESSAGES: usize = 4096;
 
 /// Headers of the `ctl.kick` notice.
 const KICK_EDGE: &str = "Goim-Edge";
@@ -80,16 +88,25 @@ enum SubState {
     Failed,
 }
 
-/// The local members of one subject and the task that owns its NATS subscription.
+/// The local members of one subject and how its messages arrive.
 #[derive(Debug)]
 pub struct Group {
     pub subject: String,
     delivery: Delivery,
     members: RwLock<HashMap<u64, Arc<Member>>>,
+    /// The group's own NATS subscription (rooms, broadcast; users and keys with
+    /// `nats.per_connection_subjects = "exact"`). None when the edge's wildcard subscription for the
+    /// subject's class carries its messages: a user or key group then costs no NATS subscription.
+    own: Option<Box<OwnSubscription>>,
+    /// Set for a stored subject (goim-history): the group follows its sequenced `live.` copy.
+    seq: Option<Box<Sequenced>>,
+}
+
+/// A group's own subscription: where it stands, and the task that holds it.
+#[derive(Debug)]
+struct OwnSubscription {
     state: watch::Sender<SubState>,
     task: Mutex<Option<AbortHandle>>,
-    /// Set for a stored subject (goim-history): the group follows its sequenced `live.` copy.
-    seq: Option<Sequenced>,
 }
 
 impl Group {
@@ -110,6 +127,11 @@ pub struct Hub {
     bridge: Bridge,
     stats: Arc<Stats>,
     default_op: i32,
+    /// `push.coalesce_ms`: how long a subject with its own subscription collects messages per batch.
+    window: Option<Duration>,
+    per_connection: PerConnectionSubjects,
+    /// Largest batch entry (bytes) queued for one member: well inside its outbound bound.
+    max_batch_bytes: usize,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     keys: Mutex<HashMap<String, Arc<Member>>>,
     /// Live edges in the cluster, this one included (kept by `crate::presence`; 1 until known). A
@@ -120,12 +142,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(edge_id: String, bridge: Bridge, stats: Arc<Stats>, default_op: i32) -> Arc<Hub> {
+    pub fn new(edge_id: String, bridge: Bridge, stats: Arc<Stats>, config: &Config) -> Arc<Hub> {
         Arc::new(Hub {
             edge_id,
             bridge,
             stats,
-            default_op,
+            default_op: config.push.default_op,
+            window: config.push.coalesce_window(),
+            per_connection: config.nats.per_connection_subjects,
+            max_batch_bytes: (config.limits.max_outbound_bytes / 4).min(32 * 1024),
             groups: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             live_edges: Arc::new(AtomicUsize::new(1)),
@@ -182,6 +207,7 @@ impl Hub {
             while let Some(msg) = requests.next().await {
                 let Some(reply) = msg.reply else { continue };
                 let mut snapshot = hub.stats.snapshot(&hub.edge_id);
+                snapshot.subjects = hub.subject_count();
                 if let Some(history) = hub.history() {
                     snapshot.history_fetches = history.fetches.load(Ordering::Relaxed);
                 }
@@ -224,17 +250,24 @@ impl Hub {
             let group = match groups.get(subject) {
                 Some(g) => g.clone(),
                 None => {
+                    let own = !self.on_wildcard(subject);
                     let g = Arc::new(Group {
                         subject: subject.to_string(),
                         delivery,
                         members: RwLock::new(HashMap::new()),
-                        state: watch::channel(SubState::Pending).0,
-                        task: Mutex::new(None),
-                        seq: self.history().and_then(|h| h.stream_of(subject)).map(|(class, _)| Sequenced::new(class)),
+                        own: own.then(|| {
+                            Box::new(OwnSubscription { state: watch::channel(SubState::Pending).0, task: Mutex::new(None) })
+                        }),
+                        seq: self
+                            .history()
+                            .and_then(|h| h.stream_of(subject))
+                            .map(|(class, _)| Box::new(Sequenced::new(class))),
                     });
                     groups.insert(subject.to_string(), g.clone());
-                    let task = tokio::spawn(self.clone().run_group(g.clone()));
-                    *g.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+                    if let Some(own) = &g.own {
+                        let task = tokio::spawn(self.clone().run_group(g.clone()));
+                        *own.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+                    }
                     g
                 }
             };
@@ -246,10 +279,68 @@ impl Hub {
             drop(members);
             group
         };
-        let mut state = group.state.subscribe();
-        // An Err means the group's task ended (aborted with the group): nothing left to wait for.
-        let _ = state.wait_for(|s| *s != SubState::Pending).await;
+        if let Some(own) = &group.own {
+            let mut state = own.state.subscribe();
+            // An Err means the group's task ended (aborted with the group): nothing left to wait for.
+            let _ = state.wait_for(|s| *s != SubState::Pending).await;
+        }
         group
+    }
+
+    /// Whether `subject`'s messages come through the edge's wildcard subscription of its class.
+    fn on_wildcard(&self, subject: &str) -> bool {
+        self.per_connection == PerConnectionSubjects::Wildcard
+            && (subject.starts_with("user.") || subject.starts_with("key."))
+    }
+
+    /// With `nats.per_connection_subjects = "wildcard"`: subscribe `key.*` and `user.*` (or
+    /// `live.user.*` where goim-history stores users) once for the whole edge, and dispatch each
+    /// message to its subject's group, if this edge has one. Call after history discovery.
+    pub async fn start_per_connection_subjects(self: &Arc<Self>) -> Result<(), crate::bridge::BridgeError> {
+        if self.per_connection != PerConnectionSubjects::Wildcard {
+            return Ok(());
+        }
+        let key_wildcard = format!("{}.*", subjects::KEY_PREFIX);
+        let user_wildcard = format!("{}.*", subjects::USER_PREFIX);
+        let mut wildcards = vec![key_wildcard];
+        let (users_stored, all_users_stored) = match self.history() {
+            Some(h) => (h.stores_users(), h.stream_of(&user_wildcard).is_some()),
+            None => (false, false),
+        };
+        if users_stored {
+            wildcards.push(format!("{}.{user_wildcard}", subjects::LIVE_PREFIX));
+        }
+        if !all_users_stored {
+            wildcards.push(user_wildcard);
+        }
+        let mut indexes = HashSet::new();
+        for wildcard in wildcards {
+            let mut sub = self.bridge.subscribe(&wildcard).await?;
+            indexes.insert(self.bridge.client_index(&wildcard));
+            let hub = self.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    hub.dispatch(msg).await;
+                }
+            });
+            debug!(subject = %wildcard, "subscribed for every connection of this edge");
+        }
+        for index in indexes {
+            self.bridge.barrier(index).await;
+        }
+        Ok(())
+    }
+
+    /// A message of a wildcard subscription: to its subject's group, if any here. A stored subject's
+    /// group takes only the sequenced `live.` copy, any other only the plain one.
+    async fn dispatch(&self, msg: Message) {
+        let (subject, live) = match msg.subject.strip_prefix(subjects::LIVE_PREFIX).and_then(|s| s.strip_prefix('.')) {
+            Some(subject) => (subject, true),
+            None => (msg.subject.as_str(), false),
+        };
+        let group = self.lock_groups().get(subject).cloned();
+        let Some(group) = group.filter(|g| g.own.is_none() && g.seq.is_some() == live) else { return };
+        self.on_messages(&group, vec![msg]).await;
     }
 
     /// A group's task: subscribe, confirm with a round trip, then deliver until aborted (the last
@@ -260,29 +351,81 @@ impl Hub {
             Some(_) => format!("{}.{}", subjects::LIVE_PREFIX, group.subject),
             None => group.subject.clone(),
         };
+        let Some(own) = &group.own else { return };
         let mut sub = match self.bridge.subscribe(&nats_subject).await {
             Ok(sub) => sub,
             Err(e) => {
                 warn!(error = %e, "subscription failed; members of this subject receive nothing");
-                group.state.send_replace(SubState::Failed);
+                own.state.send_replace(SubState::Failed);
                 return;
             }
         };
         self.bridge.barrier(self.bridge.client_index(&nats_subject)).await;
-        group.state.send_replace(SubState::Active);
+        own.state.send_replace(SubState::Active);
         debug!(subject = %group.subject, "subscribed");
-        while let Some(msg) = sub.next().await {
-            if let Some(seq) = &group.seq {
-                self.deliver_stored(&group, seq, &msg).await;
-                continue;
+        while let Some(batch) = self.collect(&mut sub).await {
+            self.on_messages(&group, batch).await;
+        }
+    }
+
+    /// The next batch of a subscription: its next message, then everything that arrives within the
+    /// coalescing window — or, without a window, only what is already waiting (adaptive coalescing:
+    /// a busy subject batches by itself, an idle one adds no latency). None when the subscription ends.
+    async fn collect(&self, sub: &mut Subscriber) -> Option<Vec<Message>> {
+        let first = sub.next().await?;
+        let mut batch = vec![first];
+        match self.window {
+            Some(window) => {
+                let deadline = Instant::now() + window;
+                while batch.len() < MAX_WINDOW_MESSAGES {
+                    tokio::select! {
+                        biased;
+                        msg = sub.next() => match msg {
+                            Some(msg) => batch.push(msg),
+                            None => break,
+                        },
+                        _ = sleep_until(deadline) => break,
+                    }
+                }
             }
-            match self.broadcast_rate(&group, &msg) {
-                // Paced in this group's own task: later broadcasts wait (their order is kept), other
-                // subjects are not held up.
-                Some(rate) => self.deliver_paced(&group, &msg, rate).await,
-                None => self.deliver(&group, &msg),
+            None => {
+                while batch.len() < MAX_BATCH {
+                    match sub.next().now_or_never() {
+                        Some(Some(msg)) => batch.push(msg),
+                        _ => break,
+                    }
+                }
             }
         }
+        Some(batch)
+    }
+
+    /// Deliver a batch of one subject's messages, in order. Stored subjects go message by message
+    /// (sequence bookkeeping and resume holds are per message; the writer still sends what queued up
+    /// in one write); others are encoded once and handed to each member as one queue entry per
+    /// [`MAX_BATCH`] messages. A broadcast paced by `Goim-Speed` ends the batch before it and is
+    /// spread over time in this group's own task (later messages wait, other subjects do not).
+    async fn on_messages(&self, group: &Group, batch: Vec<Message>) {
+        if let Some(seq) = &group.seq {
+            for msg in &batch {
+                self.deliver_stored(group, seq, msg).await;
+            }
+            return;
+        }
+        let mut frames: Vec<(i32, Bytes)> = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            match self.broadcast_rate(group, msg) {
+                Some(rate) => {
+                    self.fan_out_frames(group, &frames);
+                    frames.clear();
+                    if let Some((op, frame)) = self.encode(msg) {
+                        self.fan_out_paced(group, op, &frame, None, rate).await;
+                    }
+                }
+                None => frames.extend(self.encode(msg)),
+            }
+        }
+        self.fan_out_frames(group, &frames);
     }
 
     /// Connections per second this edge may reach for a broadcast carrying `Goim-Speed` (a
@@ -340,17 +483,6 @@ impl Hub {
         self.lock_groups().len()
     }
 
-    fn deliver(&self, group: &Group, msg: &Message) {
-        let Some((op, frame)) = self.encode(msg) else { return };
-        self.fan_out(group, op, &frame, None);
-    }
-
-    /// A broadcast spread over time (`Goim-Speed`).
-    async fn deliver_paced(&self, group: &Group, msg: &Message, rate: u64) {
-        let Some((op, frame)) = self.encode(msg) else { return };
-        self.fan_out_paced(group, op, &frame, None, rate).await;
-    }
-
     /// Queue one push for `member`: into its held buffer while it resumes this stored subject, else
     /// into its outbox. Returns whether it was queued for sending now.
     fn offer(&self, group: &Group, member: &Member, frame: &Bytes, held: Option<(&mut HashMap<u64, Vec<Stored>>, &Stored)>) -> bool {
@@ -390,6 +522,67 @@ impl Hub {
             let held = held.as_mut().map(|(guard, s)| (&mut **guard, *s));
             if self.offer(group, member, frame, held) {
                 delivered += 1;
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Several encoded pushes of one subject to every member that should get them: each member gets
+    /// the packets it accepts (room: all) concatenated into one queue entry per chunk of at most
+    /// [`MAX_BATCH`] packets and `max_batch_bytes` bytes. The concatenation is built once per distinct
+    /// accepted subset (normally one: the whole chunk), not once per member.
+    fn fan_out_frames(&self, group: &Group, frames: &[(i32, Bytes)]) {
+        let mut start = 0;
+        while start < frames.len() {
+            let mut end = start + 1;
+            let mut bytes = frames[start].1.len();
+            while end < frames.len() && end - start < MAX_BATCH && bytes + frames[end].1.len() <= self.max_batch_bytes {
+                bytes += frames[end].1.len();
+                end += 1;
+            }
+            match &frames[start..end] {
+                [(op, frame)] => self.fan_out(group, *op, frame, None),
+                chunk => self.fan_out_chunk(group, chunk),
+            }
+            start = end;
+        }
+    }
+
+    fn fan_out_chunk(&self, group: &Group, chunk: &[(i32, Bytes)]) {
+        let concat = |mask: u64| {
+            let mut buf = BytesMut::new();
+            for (i, (_, frame)) in chunk.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    buf.extend_from_slice(frame);
+                }
+            }
+            buf.freeze()
+        };
+        let full: u64 = if chunk.len() == 64 { u64::MAX } else { (1u64 << chunk.len()) - 1 };
+        let whole = concat(full);
+        // The distinct ops of the chunk and which packets carry each: one accepts check per op.
+        let mut ops: Vec<(i32, u64)> = Vec::new();
+        for (i, (op, _)) in chunk.iter().enumerate() {
+            match ops.iter_mut().find(|(o, _)| o == op) {
+                Some((_, mask)) => *mask |= 1 << i,
+                None => ops.push((*op, 1 << i)),
+            }
+        }
+        let mut subsets: HashMap<u64, Bytes> = HashMap::new();
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0u64;
+        for member in members.values() {
+            let mask = match group.delivery {
+                Delivery::All => full,
+                Delivery::Accepting => ops.iter().filter(|(op, _)| member.accepts(*op)).fold(0, |m, (_, bits)| m | bits),
+            };
+            let item = match mask {
+                0 => continue,
+                m if m == full => whole.clone(),
+                m => subsets.entry(m).or_insert_with(|| concat(m)).clone(),
+            };
+            if self.offer(group, member, &item, None) {
+                delivered += u64::from(mask.count_ones());
             }
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
@@ -487,7 +680,8 @@ impl Hub {
 }
 
 fn abort_task(group: &Group) {
-    if let Some(task) = group.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    let Some(own) = &group.own else { return };
+    if let Some(task) = own.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
         // Dropping the Subscriber inside the task sends UNSUB.
         task.abort();
     }

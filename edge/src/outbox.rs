@@ -13,12 +13,12 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::stats::CloseReason;
 
 /// One queued item. Pushes may be coalesced into one op-9 wrapper for WebSocket clients; replies are
-/// always sent as their own packet/message (goim never wraps replies).
+/// always sent as their own packet/message (goim never wraps replies). A `Push` holds one or more
+/// whole encoded packets (a coalesced batch from the hub is one item).
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// An encoded server push (ver 1, business op, seq 0), shared by all recipients.
@@ -46,34 +46,28 @@ struct State {
     closed: Option<CloseReason>,
 }
 
-/// See the module docs.
+/// See the module docs. Small on purpose (one per connection): an idle outbox holds no heap memory.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Wakes the writer: something was queued, or the outbox closed.
     wake: Notify,
-    /// Signalled whenever the writer takes what is queued: room for [`Outbox::push_paced`].
+    /// Signalled whenever the writer takes what is queued (room for [`Outbox::push_paced`]) and on
+    /// close (so a writer blocked on a socket that is not being read can be abandoned).
     drained: Notify,
-    /// Cancelled on close, so a writer blocked on a socket that is not being read can be abandoned.
-    closed: CancellationToken,
     limit: usize,
 }
 
-/// What the writer gets from [`Outbox::next_batch`].
+/// What the writer gets from [`Outbox::next_batch`]: everything queued, oldest first.
 #[derive(Debug)]
 pub enum Batch {
-    Items(Vec<Outgoing>),
+    Items(VecDeque<Outgoing>),
     Closed(CloseReason),
 }
 
 impl Outbox {
     pub fn new(limit: usize) -> Self {
-        Outbox {
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            drained: Notify::new(),
-            closed: CancellationToken::new(),
-            limit,
-        }
+        Outbox { state: Mutex::new(State::default()), wake: Notify::new(), drained: Notify::new(), limit }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,12 +84,8 @@ impl Outbox {
             return Err(reason);
         }
         if st.bytes + item.len() > self.limit {
-            st.closed = Some(CloseReason::SlowConsumer);
-            st.items.clear();
-            st.bytes = 0;
             drop(st);
-            self.wake.notify_one();
-            self.closed.cancel();
+            self.close(CloseReason::SlowConsumer);
             return Err(CloseReason::SlowConsumer);
         }
         st.bytes += item.len();
@@ -126,10 +116,8 @@ impl Outbox {
                     return self.push(item);
                 }
             }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.closed.cancelled() => {}
-            }
+            // The close also signals `drained`.
+            drained.await;
         }
     }
 
@@ -137,18 +125,25 @@ impl Outbox {
     pub fn close(&self, reason: CloseReason) -> CloseReason {
         let mut st = self.lock();
         let reason = *st.closed.get_or_insert(reason);
-        st.items.clear();
+        st.items = VecDeque::new();
         st.bytes = 0;
         drop(st);
         self.wake.notify_one();
-        self.closed.cancel();
+        self.drained.notify_waiters();
         reason
     }
 
     /// Resolves once the outbox is closed, with the reason.
     pub async fn closed(&self) -> CloseReason {
-        self.closed.cancelled().await;
-        self.closed_reason().unwrap_or(CloseReason::ClientGone)
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if let Some(reason) = self.closed_reason() {
+                return reason;
+            }
+            drained.await;
+        }
     }
 
     /// Why the outbox was closed, if it was.
@@ -168,7 +163,8 @@ impl Outbox {
                 }
                 if !st.items.is_empty() {
                     st.bytes = 0;
-                    let items = st.items.drain(..).collect();
+                    // The whole queue moves to the writer; the outbox keeps no capacity while idle.
+                    let items = std::mem::take(&mut st.items);
                     drop(st);
                     self.drained.notify_waiters();
                     return Batch::Items(items);

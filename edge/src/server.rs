@@ -81,13 +81,14 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     if config.auth.mode == crate::config::AuthMode::TrustBody {
         warn!("auth.mode = trust-body: auth bodies are trusted as they come (goim's behaviour); no tokens are checked");
     }
-    let hub = Hub::new(edge_id, bridge, stats.clone(), config.push.default_op);
+    let hub = Hub::new(edge_id, bridge, stats.clone(), &config);
     hub.start_control().await?;
     if config.history.enabled {
         if let Some(history) = crate::history::History::discover(hub.bridge().publisher(), config.push.default_op).await {
             hub.set_history(history);
         }
     }
+    hub.start_per_connection_subjects().await?;
 
     let tcp = if config.listen.tcp.is_empty() {
         None
@@ -142,12 +143,11 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
     }
 }
 
-async fn serve_tcp(ctx: Arc<EdgeContext>, mut stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
+async fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     // Latency over packet count: the outbox already coalesces what is queued into one write.
     let _ = stream.set_nodelay(true);
     let session = Session::new(ctx, peer, accepted_at);
-    let (r, w) = stream.split();
-    serve(session, TcpReader::new(r), TcpWriter::new(w), "tcp").await;
+    serve(session, TcpReader::new(&stream), TcpWriter::new(&stream), "tcp").await;
 }
 
 // tungstenite's handshake callback fixes the (large) error type.

@@ -88,6 +88,8 @@ pub struct Stats {
     closed: [AtomicU64; CloseReason::ALL.len()],
     /// Pushes delivered into connection queues.
     pub delivered: AtomicU64,
+    /// Socket writes of queued batches (deliveries / writes = how many frames go out per write).
+    pub writes: AtomicU64,
     /// Pushes refused because their `Goim-Op` header was not an int32.
     pub bad_push_op: AtomicU64,
     /// Op-4 messages published on the ingress subject.
@@ -126,6 +128,7 @@ impl Stats {
             connections: self.connections.load(Ordering::Relaxed),
             authenticated: self.authenticated.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
             bad_push_op: self.bad_push_op.load(Ordering::Relaxed),
             ingress: self.ingress.load(Ordering::Relaxed),
             ingress_failed: self.ingress_failed.load(Ordering::Relaxed),
@@ -135,6 +138,7 @@ impl Stats {
             replayed: self.replayed.load(Ordering::Relaxed),
             recovery_failed: self.recovery_failed.load(Ordering::Relaxed),
             history_fetches: 0,
+            subjects: 0,
             denied: self
                 .denied
                 .lock()
@@ -157,6 +161,7 @@ pub struct Snapshot {
     pub connections: i64,
     pub authenticated: u64,
     pub delivered: u64,
+    pub writes: u64,
     pub bad_push_op: u64,
     pub ingress: u64,
     pub ingress_failed: u64,
@@ -167,6 +172,9 @@ pub struct Snapshot {
     pub recovery_failed: u64,
     /// JetStream fetches made for gaps and resumes (collapsed ones counted once).
     pub history_fetches: u64,
+    /// Distinct subjects this edge's clients are in (rooms, users, keys, broadcast), whether each has
+    /// its own NATS subscription or rides a per-edge wildcard.
+    pub subjects: usize,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }

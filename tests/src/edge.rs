@@ -133,6 +133,12 @@ impl EdgeOpts {
         self.with("nats", "connections", n.to_string())
     }
 
+    /// `nats.per_connection_subjects = "exact"`: one NATS subscription per user/key subject
+    /// (the default is one `user.*` and one `key.*` wildcard per edge).
+    pub fn exact_subjects(self) -> Self {
+        self.with("nats", "per_connection_subjects", "\"exact\"")
+    }
+
     /// Disable the TCP listener.
     pub fn no_tcp(self) -> Self {
         self.with("listen", "tcp", "\"\"")

@@ -44,6 +44,10 @@ pub const ALLOWED_SUBJECT_PREFIXES: &[&str] = &[
 /// could be a wildcard or an unescaped client byte (only the `ctl.`/`_INBOX.`/`_GOIM` internals may use
 /// wildcards).
 pub fn subject_in_map(s: &str) -> bool {
+    // The per-edge wildcards of `nats.per_connection_subjects = "wildcard"` (subjects.md).
+    if matches!(s, "user.*" | "key.*" | "live.user.*") {
+        return true;
+    }
     if !ALLOWED_SUBJECT_PREFIXES
         .iter()
         .any(|p| s == p.trim_end_matches('.') || s.starts_with(p))

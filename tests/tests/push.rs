@@ -15,9 +15,20 @@ use goim_nats_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_push_reaches_every_connection_of_the_mid_on_every_edge() {
+    user_push_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_push_reaches_every_connection_of_the_mid_on_every_edge_exact_subjects() {
+    user_push_case(true).await;
+}
+
+/// `exact`: one subscription per user subject; else the default, one `user.*` wildcard per edge.
+async fn user_push_case(exact: bool) {
     let nats = NatsServer::start().await;
-    let a = Edge::start(&nats, EdgeOpts::new()).await;
-    let b = Edge::start(&nats, EdgeOpts::new()).await;
+    let opts = || if exact { EdgeOpts::new().exact_subjects() } else { EdgeOpts::new() };
+    let a = Edge::start(&nats, opts()).await;
+    let b = Edge::start(&nats, opts()).await;
     let acc = [1000, 1001];
     let mut conns = vec![
         Client::connect_auth(Transport::Tcp, &a, Auth::new(42).accepts(&acc))
@@ -53,8 +64,15 @@ async fn user_push_reaches_every_connection_of_the_mid_on_every_edge() {
     p.publish("user.43", b"for-43").await;
     other_mid.expect_push(1000, b"for-43").await;
 
-    // Both edges hold user.42, one subscription each (two here; mid 43 only on A).
     let subs = nats.edge_subjects().await;
+    if !exact {
+        // One wildcard per edge, whatever the number of users; no subscription per user.
+        assert_eq!(subs.iter().filter(|s| *s == "user.*").count(), 2, "{subs:?}");
+        assert_eq!(subs.iter().filter(|s| *s == "key.*").count(), 2, "{subs:?}");
+        assert!(!subs.iter().any(|s| s.starts_with("user.4") || (s.starts_with("key.") && s != "key.*")), "{subs:?}");
+        return;
+    }
+    // Both edges hold user.42, one subscription each (two here; mid 43 only on A).
     assert_eq!(
         subs.iter().filter(|s| *s == "user.42").count(),
         2,
@@ -284,7 +302,7 @@ async fn op4_is_echoed_and_published_to_ingress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_connections_have_no_user_subscription() {
     let nats = NatsServer::start().await;
-    let edge = Edge::start(&nats, EdgeOpts::new()).await;
+    let edge = Edge::start(&nats, EdgeOpts::new().exact_subjects()).await;
     let mut c = Client::connect_auth(
         Transport::Tcp,
         &edge,
@@ -297,6 +315,20 @@ async fn anonymous_connections_have_no_user_subscription() {
         "mid 0 must not subscribe a user subject: {subs:?}"
     );
     assert!(subs.iter().any(|s| s == "key.anon-1"), "{subs:?}");
+    nats.publish("user.0", b"to-mid-0").await;
+    nats.publish("key.anon-1", b"marker").await;
+    c.expect_push(1000, b"marker").await;
+}
+
+/// The same with the default wildcard subscriptions: a push to `user.0` reaches no anonymous
+/// connection, though `user.*` brings it to the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_get_no_user_pushes_through_the_wildcard() {
+    let nats = NatsServer::start().await;
+    let edge = Edge::start(&nats, EdgeOpts::new()).await;
+    let mut c = Client::connect_auth(Transport::Tcp, &edge, Auth::new(0).key("anon-1").accepts(&[1000])).await;
+    let subs = nats.edge_subjects().await;
+    assert!(subs.iter().any(|s| s == "user.*"), "{subs:?}");
     nats.publish("user.0", b"to-mid-0").await;
     nats.publish("key.anon-1", b"marker").await;
     c.expect_push(1000, b"marker").await;
@@ -342,4 +374,45 @@ async fn push_with_a_bad_goim_op_is_refused_and_counted() {
         stats["bad_push_op"].as_u64().unwrap_or(0) >= 4,
         "bad_push_op must count the refused pushes: {stats}"
     );
+}
+
+/// `push.coalesce_ms`: a room's pushes that arrive within the window reach each member together, in
+/// order, in one write (one op-9 message over WebSocket) instead of one write per push; broadcasts
+/// filtered by accepts get the packets each member accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_window_batches_pushes_per_member() {
+    let nats = NatsServer::start().await;
+    let edge = Edge::start(&nats, EdgeOpts::new().with("push", "coalesce_ms", "1500")).await;
+    let mut tcp = Client::connect_auth(Transport::Tcp, &edge, Auth::new(1).room("live://c").accepts(&[1000])).await.with_label("tcp");
+    let mut ws = Client::connect_auth(Transport::Ws, &edge, Auth::new(2).room("live://c").accepts(&[1001])).await.with_label("ws");
+    nats.wait_subscription("room.live.c", true, Duration::from_secs(5)).await;
+    let before = edge.stats(&nats).await;
+
+    // Ten room pushes spread over ~300 ms (each alone on the wire without a window), then two
+    // broadcasts each member accepts only one of.
+    let mut p = nats.raw().await;
+    for i in 0..10 {
+        p.hpublish("room.live.c", &[("Goim-Op", &(2000 + i).to_string())], format!("r{i}").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    p.hpublish("broadcast", &[("Goim-Op", "1000")], b"b-1000").await;
+    p.hpublish("broadcast", &[("Goim-Op", "1001")], b"b-1001").await;
+    for c in [&mut tcp, &mut ws] {
+        for i in 0..10 {
+            c.expect_push(2000 + i, format!("r{i}").as_bytes()).await;
+        }
+    }
+    tcp.expect_push(1000, b"b-1000").await;
+    ws.expect_push(1001, b"b-1001").await;
+
+    let after = edge.stats(&nats).await;
+    let delivered = after["delivered"].as_u64().unwrap() - before["delivered"].as_u64().unwrap();
+    let writes = after["writes"].as_u64().unwrap() - before["writes"].as_u64().unwrap();
+    assert_eq!(delivered, 22, "{after}");
+    // One window per subject: room and broadcast batches, each at most split in two by timing.
+    assert!(writes <= 6, "22 deliveries took {writes} writes with a 1.5 s window: {after}");
+    // Nothing else arrived (the marker is the next push).
+    p.publish("room.live.c", b"end").await;
+    tcp.expect_push(1000, b"end").await;
+    ws.expect_push(1000, b"end").await;
 }

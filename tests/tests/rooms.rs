@@ -120,17 +120,19 @@ async fn moving_rooms_and_last_member_unsubscribes() {
     assert_eq!(n, 1, "X and Y disconnected: Z alone in live://3");
     drop(z);
     nats.wait_subscription("room.live.3", false, GONE).await;
-    // Their user and key subscriptions went with them.
+    // Their user and key subjects went with them: no subscription but the per-edge wildcards, and
+    // no subject left in the edge's hub.
     poll(
-        "user/key subscriptions gone",
+        "user/key subjects gone",
         100,
         Duration::from_millis(50),
         || async {
             let subs = nats.edge_subjects().await;
-            (!subs
-                .iter()
-                .any(|s| s.starts_with("user.") || s.starts_with("key.") || s.starts_with("room.")))
-            .then_some(())
+            let stats = edge.stats(&nats).await;
+            (!subs.iter().any(|s| {
+                (s.starts_with("user.") || s.starts_with("key.") || s.starts_with("room.")) && !s.ends_with(".*")
+            }) && stats["subjects"] == 0)
+                .then_some(())
         },
     )
     .await;

@@ -164,6 +164,13 @@ impl StreamDecoder {
         Ok(Some(Packet { ver, op, seq, body }))
     }
 
+    /// Give the buffer's memory back when it holds nothing (between packets of an idle connection).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Bytes buffered but not yet returned as a packet.
     pub fn pending(&self) -> usize {
         self.buf.len()

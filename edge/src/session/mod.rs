@@ -184,6 +184,18 @@ impl Session {
         }
     }
 
+    /// Handle `p` now if that needs no waiting (heartbeat, sub/unsub, refresh, echo: the packets an
+    /// established connection sends most); else give it back for [`Session::on_packet`].
+    pub fn on_packet_now(&mut self, p: Packet) -> Result<Flow, Packet> {
+        if let State::Handshake = self.state {
+            return Err(p);
+        }
+        match p.op {
+            op::CHANGE_ROOM | op::SEND_MSG | op::HISTORY => Err(p),
+            _ => Ok(self.on_active_packet_now(p)),
+        }
+    }
+
     /// Handle one inbound packet.
     pub async fn on_packet(&mut self, p: Packet) -> Flow {
         if let State::Handshake = self.state {
@@ -193,6 +205,22 @@ impl Session {
             }
             return self.authenticate(p).await;
         }
+        match p.op {
+            op::CHANGE_ROOM => {
+                self.change_room(&p).await;
+                self.reply(p.reply(op::CHANGE_ROOM_REPLY, p.body.clone()))
+            }
+            op::SEND_MSG => {
+                self.publish_ingress(&p).await;
+                self.reply(p.reply(p.op, Bytes::new()))
+            }
+            op::HISTORY => self.read_history(&p).await,
+            _ => self.on_active_packet_now(p),
+        }
+    }
+
+    /// The packets of an authenticated session that are answered without waiting.
+    fn on_active_packet_now(&mut self, p: Packet) -> Flow {
         match p.op {
             op::HEARTBEAT => {
                 self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
@@ -206,21 +234,12 @@ impl Session {
                 let online = i32::try_from(online).unwrap_or(i32::MAX);
                 self.reply(p.reply(op::HEARTBEAT_REPLY, online.to_be_bytes().to_vec()))
             }
-            op::CHANGE_ROOM => {
-                self.change_room(&p).await;
-                self.reply(p.reply(op::CHANGE_ROOM_REPLY, p.body.clone()))
-            }
             op::SUB | op::UNSUB => {
                 self.edit_accepts(&p);
                 let reply_op = if p.op == op::SUB { op::SUB_REPLY } else { op::UNSUB_REPLY };
                 self.reply(p.reply(reply_op, p.body.clone()))
             }
-            op::SEND_MSG => {
-                self.publish_ingress(&p).await;
-                self.reply(p.reply(p.op, Bytes::new()))
-            }
             op::AUTH if self.ctx.access.mode == AuthMode::Token => self.refresh(p),
-            op::HISTORY => self.read_history(&p).await,
             // goim's default path: any other op (0, 7, business numbers, …) is echoed, body empty.
             _ => self.reply(p.reply(p.op, Bytes::new())),
         }

@@ -8,6 +8,7 @@
 pub mod tcp;
 pub mod ws;
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use tokio::time::sleep_until;
@@ -38,7 +39,7 @@ pub trait PacketReader {
 /// The outbound half of a transport.
 pub trait BatchWriter {
     /// Write a batch of queued items in as few writes as the transport allows.
-    fn write_batch(&mut self, items: Vec<Outgoing>) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    fn write_batch(&mut self, items: VecDeque<Outgoing>) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 }
 
 /// Run `session` over one connection until it ends, then clean up and count the reason.
@@ -50,7 +51,13 @@ pub async fn serve<R: PacketReader, W: BatchWriter>(mut session: Session, mut re
             tokio::select! {
                 read = reader.next_packet() => match read {
                     Ok(Some(packet)) => {
-                        if let Flow::Close(reason) = session.on_packet(packet).await {
+                        // Requests that wait (auth, room changes, NATS round trips) run boxed: the
+                        // connection's future stays small while idle, which is most of the time.
+                        let flow = match session.on_packet_now(packet) {
+                            Ok(flow) => flow,
+                            Err(packet) => Box::pin(session.on_packet(packet)).await,
+                        };
+                        if let Flow::Close(reason) = flow {
                             return reason;
                         }
                     }
@@ -65,7 +72,7 @@ pub async fn serve<R: PacketReader, W: BatchWriter>(mut session: Session, mut re
                     }
                 },
                 _ = sleep_until(session.deadline()) => {
-                    if let Flow::Close(reason) = session.on_deadline().await {
+                    if let Flow::Close(reason) = Box::pin(session.on_deadline()).await {
                         return reason;
                     }
                 }
@@ -76,6 +83,7 @@ pub async fn serve<R: PacketReader, W: BatchWriter>(mut session: Session, mut re
         loop {
             match member.outbox.next_batch().await {
                 Batch::Items(items) => {
+                    ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = writer.write_batch(items).await {
                         debug!(conn = member.id, transport, error = %e, "write failed");
                         return CloseReason::ClientGone;

@@ -2,6 +2,8 @@
 //! pushes wrapped in op-9 packets, one or more inner packets per binary message. Replies are never
 //! wrapped. tokio-tungstenite runs with small buffers: its defaults cost ~135 KB per connection.
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -69,7 +71,7 @@ fn io_error(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> BatchWriter for WsWriter<S> {
-    async fn write_batch(&mut self, items: Vec<Outgoing>) -> std::io::Result<()> {
+    async fn write_batch(&mut self, items: VecDeque<Outgoing>) -> std::io::Result<()> {
         let mut pushes: Vec<Bytes> = Vec::new();
         for item in items {
             match item {
