@@ -91,7 +91,8 @@ enum SubState {
 /// The local members of one subject and how its messages arrive.
 #[derive(Debug)]
 pub struct Group {
-    pub subject: String,
+    /// Shared with the hub's map key: one allocation per subject.
+    pub subject: Arc<str>,
     delivery: Delivery,
     members: RwLock<HashMap<u64, Arc<Member>>>,
     /// The group's own NATS subscription (rooms, broadcast; users and keys with
@@ -110,6 +111,16 @@ struct OwnSubscription {
 }
 
 impl Group {
+    /// Resolves once the group's subscription is active at the server (or failed): a message published
+    /// after that reaches its members. At once for a group on a per-edge wildcard.
+    pub async fn subscribed(&self) {
+        if let Some(own) = &self.own {
+            let mut state = own.state.subscribe();
+            // An Err means the group's task ended (aborted with the group): nothing left to wait for.
+            let _ = state.wait_for(|s| *s != SubState::Pending).await;
+        }
+    }
+
     /// Local members (the op-3 heartbeat count for a room).
     pub fn len(&self) -> usize {
         self.members.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -132,7 +143,7 @@ pub struct Hub {
     per_connection: PerConnectionSubjects,
     /// Largest batch entry (bytes) queued for one member: well inside its outbound bound.
     max_batch_bytes: usize,
-    groups: Mutex<HashMap<String, Arc<Group>>>,
+    groups: Mutex<HashMap<Arc<str>, Arc<Group>>>,
     keys: Mutex<HashMap<String, Arc<Member>>>,
     /// Live edges in the cluster, this one included (kept by `crate::presence`; 1 until known). A
     /// broadcast's `Goim-Speed` is split over them.
@@ -177,7 +188,7 @@ impl Hub {
         self.lock_groups()
             .iter()
             .filter(|(subject, _)| subject.starts_with("room."))
-            .map(|(subject, group)| (subject.clone(), group.len()))
+            .map(|(subject, group)| (subject.to_string(), group.len()))
             .collect()
     }
 
@@ -228,7 +239,7 @@ impl Hub {
         self.bridge.connections()
     }
 
-    fn lock_groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Group>>> {
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Group>>> {
         // Map updates are single inserts/removes; a poisoned lock holds a consistent map.
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -245,45 +256,45 @@ impl Hub {
     /// [`Hub::join`]; with `hold`, live messages of a stored subject are held for this member until
     /// [`Hub::resume`] has replayed what it missed (so the replay comes first, in order).
     pub async fn join_held(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>, hold: bool) -> Arc<Group> {
-        let group = {
-            let mut groups = self.lock_groups();
-            let group = match groups.get(subject) {
-                Some(g) => g.clone(),
-                None => {
-                    let own = !self.on_wildcard(subject);
-                    let g = Arc::new(Group {
-                        subject: subject.to_string(),
-                        delivery,
-                        members: RwLock::new(HashMap::new()),
-                        own: own.then(|| {
-                            Box::new(OwnSubscription { state: watch::channel(SubState::Pending).0, task: Mutex::new(None) })
-                        }),
-                        seq: self
-                            .history()
-                            .and_then(|h| h.stream_of(subject))
-                            .map(|(class, _)| Box::new(Sequenced::new(class))),
-                    });
-                    groups.insert(subject.to_string(), g.clone());
-                    if let Some(own) = &g.own {
-                        let task = tokio::spawn(self.clone().run_group(g.clone()));
-                        *own.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
-                    }
-                    g
+        let group = self.enter(subject, delivery, member, hold);
+        group.subscribed().await;
+        group
+    }
+
+    /// The synchronous half of [`Hub::join_held`]: `member` is in the group when this returns (the
+    /// caller records the group before awaiting [`Group::subscribed`], so it can always leave it).
+    pub fn enter(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>, hold: bool) -> Arc<Group> {
+        let mut groups = self.lock_groups();
+        let group = match groups.get(subject) {
+            Some(g) => g.clone(),
+            None => {
+                let own = !self.on_wildcard(subject);
+                let g = Arc::new(Group {
+                    subject: Arc::from(subject),
+                    delivery,
+                    members: RwLock::new(HashMap::new()),
+                    own: own.then(|| {
+                        Box::new(OwnSubscription { state: watch::channel(SubState::Pending).0, task: Mutex::new(None) })
+                    }),
+                    seq: self
+                        .history()
+                        .and_then(|h| h.stream_of(subject))
+                        .map(|(class, _)| Box::new(Sequenced::new(class))),
+                });
+                groups.insert(g.subject.clone(), g.clone());
+                if let Some(own) = &g.own {
+                    let task = tokio::spawn(self.clone().run_group(g.clone()));
+                    *own.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
                 }
-            };
-            let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
-            if let (true, Some(seq)) = (hold, &group.seq) {
-                seq.hold(member.id);
+                g
             }
-            members.insert(member.id, member.clone());
-            drop(members);
-            group
         };
-        if let Some(own) = &group.own {
-            let mut state = own.state.subscribe();
-            // An Err means the group's task ended (aborted with the group): nothing left to wait for.
-            let _ = state.wait_for(|s| *s != SubState::Pending).await;
+        let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
+        if let (true, Some(seq)) = (hold, &group.seq) {
+            seq.hold(member.id);
         }
+        members.insert(member.id, member.clone());
+        drop(members);
         group
     }
 
@@ -291,6 +302,13 @@ impl Hub {
     fn on_wildcard(&self, subject: &str) -> bool {
         self.per_connection == PerConnectionSubjects::Wildcard
             && (subject.starts_with("user.") || subject.starts_with("key."))
+    }
+
+    /// Whether connections join their `key.<key>` subject as a group. Not with the `key.*` wildcard:
+    /// the key registry ([`Hub::claim_key`]) already maps each key to its one connection, and
+    /// key pushes are delivered through it (no group, no per-connection cost).
+    pub fn key_groups(&self) -> bool {
+        self.per_connection == PerConnectionSubjects::Exact
     }
 
     /// With `nats.per_connection_subjects = "wildcard"`: subscribe `key.*` and `user.*` (or
@@ -334,6 +352,10 @@ impl Hub {
     /// A message of a wildcard subscription: to its subject's group, if any here. A stored subject's
     /// group takes only the sequenced `live.` copy, any other only the plain one.
     async fn dispatch(&self, msg: Message) {
+        if let Some(token) = msg.subject.strip_prefix(subjects::KEY_PREFIX).and_then(|s| s.strip_prefix('.')) {
+            self.deliver_to_key(token, &msg);
+            return;
+        }
         let (subject, live) = match msg.subject.strip_prefix(subjects::LIVE_PREFIX).and_then(|s| s.strip_prefix('.')) {
             Some(subject) => (subject, true),
             None => (msg.subject.as_str(), false),
@@ -349,7 +371,7 @@ impl Hub {
         // A stored subject is followed through its republished copy, which carries the sequences.
         let nats_subject = match &group.seq {
             Some(_) => format!("{}.{}", subjects::LIVE_PREFIX, group.subject),
-            None => group.subject.clone(),
+            None => group.subject.to_string(),
         };
         let Some(own) = &group.own else { return };
         let mut sub = match self.bridge.subscribe(&nats_subject).await {
@@ -431,7 +453,7 @@ impl Hub {
     /// Connections per second this edge may reach for a broadcast carrying `Goim-Speed` (a
     /// cluster-wide rate, split evenly over the live edges; at least 1); None = no pacing.
     fn broadcast_rate(&self, group: &Group, msg: &Message) -> Option<u64> {
-        if group.subject != subjects::BROADCAST {
+        if &*group.subject != subjects::BROADCAST {
             return None;
         }
         let value = msg.headers.as_ref()?.get(subjects::SPEED_HEADER)?;
@@ -615,6 +637,17 @@ impl Hub {
             }
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// A push to `key.<token>` (the key escaped), for the connection that holds the key here, if any
+    /// and if it accepts the op.
+    fn deliver_to_key(&self, token: &str, msg: &Message) {
+        let Ok(key) = subjects::unescape_token(token) else { return };
+        let Some(member) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() else { return };
+        let Some((op, frame)) = self.encode(msg) else { return };
+        if member.accepts(op) && member.outbox.push(Outgoing::Push(frame)).is_ok() {
+            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Register `key` for `member` and kick the older holder of the key on this edge; then tell the

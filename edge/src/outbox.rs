@@ -10,8 +10,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::stats::CloseReason;
@@ -25,12 +27,14 @@ pub enum Outgoing {
     Push(Bytes),
     /// An encoded reply to one of this client's packets.
     Reply(Bytes),
+    /// Bytes already framed for the transport (a WebSocket pong or close), written as they are.
+    Control(Bytes),
 }
 
 impl Outgoing {
     pub fn len(&self) -> usize {
         match self {
-            Outgoing::Push(b) | Outgoing::Reply(b) => b.len(),
+            Outgoing::Push(b) | Outgoing::Reply(b) | Outgoing::Control(b) => b.len(),
         }
     }
 
@@ -50,8 +54,8 @@ struct State {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer: something was queued, or the outbox closed.
-    wake: Notify,
+    /// The writer (one per outbox), woken when something is queued or the outbox closes.
+    writer: AtomicWaker,
     /// Signalled whenever the writer takes what is queued (room for [`Outbox::push_paced`]) and on
     /// close (so a writer blocked on a socket that is not being read can be abandoned).
     drained: Notify,
@@ -67,7 +71,7 @@ pub enum Batch {
 
 impl Outbox {
     pub fn new(limit: usize) -> Self {
-        Outbox { state: Mutex::new(State::default()), wake: Notify::new(), drained: Notify::new(), limit }
+        Outbox { state: Mutex::new(State::default()), writer: AtomicWaker::new(), drained: Notify::new(), limit }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -93,7 +97,7 @@ impl Outbox {
         let was_empty = st.items.len() == 1;
         drop(st);
         if was_empty {
-            self.wake.notify_one();
+            self.writer.wake();
         }
         Ok(())
     }
@@ -128,7 +132,7 @@ impl Outbox {
         st.items = VecDeque::new();
         st.bytes = 0;
         drop(st);
-        self.wake.notify_one();
+        self.writer.wake();
         self.drained.notify_waiters();
         reason
     }
@@ -153,25 +157,27 @@ impl Outbox {
 
     /// Wait for queued items (all of them, in order) or for the close.
     pub async fn next_batch(&self) -> Batch {
-        loop {
-            // Register interest before checking, so a push between the check and the await is seen.
-            let notified = self.wake.notified();
-            {
-                let mut st = self.lock();
-                if let Some(reason) = st.closed {
-                    return Batch::Closed(reason);
-                }
-                if !st.items.is_empty() {
-                    st.bytes = 0;
-                    // The whole queue moves to the writer; the outbox keeps no capacity while idle.
-                    let items = std::mem::take(&mut st.items);
-                    drop(st);
-                    self.drained.notify_waiters();
-                    return Batch::Items(items);
-                }
-            }
-            notified.await;
+        std::future::poll_fn(|cx| self.poll_next_batch(cx)).await
+    }
+
+    /// [`Outbox::next_batch`] as a poll, for the connection's single writer: waiting costs the writer
+    /// no memory of its own (the waker lives here).
+    pub fn poll_next_batch(&self, cx: &mut Context<'_>) -> Poll<Batch> {
+        // Register before checking, so a push between the check and the return is seen.
+        self.writer.register(cx.waker());
+        let mut st = self.lock();
+        if let Some(reason) = st.closed {
+            return Poll::Ready(Batch::Closed(reason));
         }
+        if st.items.is_empty() {
+            return Poll::Pending;
+        }
+        st.bytes = 0;
+        // The whole queue moves to the writer; the outbox keeps no capacity while idle.
+        let items = std::mem::take(&mut st.items);
+        drop(st);
+        self.drained.notify_waiters();
+        Poll::Ready(Batch::Items(items))
     }
 
     /// Bytes queued and not yet taken by the writer.

@@ -6,11 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
 use tracing::{debug, warn};
 
 use crate::access::Access;
@@ -20,9 +18,9 @@ use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::session::Session;
 use crate::stats::{CloseReason, Stats};
-use crate::transport::tcp::{TcpReader, TcpWriter};
-use crate::transport::ws::{websocket_config, WsReader, WsWriter};
 use crate::transport::serve;
+use crate::transport::tcp::{TcpDecoder, TcpEncoder};
+use crate::transport::ws::{self, WsDecoder, WsEncoder};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -127,12 +125,20 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
                 let accepted_at = Instant::now();
                 ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    match transport {
-                        Transport::Tcp => serve_tcp(ctx, stream, peer, accepted_at).await,
-                        Transport::Ws => serve_ws(ctx, stream, peer, accepted_at).await,
+                // One task type per transport: a task's memory is the size of its future, and a TCP
+                // connection must not pay for the WebSocket upgrade's.
+                match transport {
+                    Transport::Tcp => {
+                        let task = serve_tcp(ctx, stream, peer, accepted_at);
+                        log_task_size("tcp", &task);
+                        tokio::spawn(task);
                     }
-                });
+                    Transport::Ws => {
+                        let task = serve_ws(ctx, stream, peer, accepted_at);
+                        log_task_size("ws", &task);
+                        tokio::spawn(task);
+                    }
+                };
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning on a failing accept.
@@ -143,32 +149,28 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
     }
 }
 
-async fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
+/// The memory of a connection's task is mostly its future: logged once per transport (debug).
+fn log_task_size<F>(transport: &'static str, task: &F) {
+    static LOGGED: [std::sync::Once; 2] = [std::sync::Once::new(), std::sync::Once::new()];
+    LOGGED[usize::from(transport == "ws")].call_once(|| debug!(transport, bytes = std::mem::size_of_val(task), "connection task size"));
+}
+
+/// A plain function (no future of its own around [`serve`]'s): the connection's task is exactly the
+/// serve future.
+fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) -> impl std::future::Future<Output = ()> + Send {
     // Latency over packet count: the outbox already coalesces what is queued into one write.
     let _ = stream.set_nodelay(true);
     let session = Session::new(ctx, peer, accepted_at);
-    serve(session, TcpReader::new(&stream), TcpWriter::new(&stream), "tcp").await;
+    serve(session, stream, BytesMut::new(), TcpDecoder, TcpEncoder, "tcp")
 }
 
-// tungstenite's handshake callback fixes the (large) error type.
-#[allow(clippy::result_large_err)]
 async fn serve_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     let _ = stream.set_nodelay(true);
-    let path = ctx.config.listen.ws_path.clone();
-    let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == path {
-            Ok(resp)
-        } else {
-            let mut refusal = ErrorResponse::new(Some(format!("goim WebSocket path is {path}\n")));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            Err(refusal)
-        }
-    };
-    let config = websocket_config(&ctx.config.limits);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
-    let ws = match tokio::time::timeout_at(deadline, upgrade).await {
-        Ok(Ok(ws)) => ws,
+    // Boxed: the upgrade's state is not carried in the connection's future for its whole life.
+    let upgrade = Box::pin(ws::upgrade(&stream, &ctx.config.listen.ws_path));
+    let inbuf = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(inbuf)) => inbuf,
         outcome => {
             let reason = match outcome {
                 Err(_) => CloseReason::HandshakeTimeout,
@@ -183,9 +185,9 @@ async fn serve_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, ac
             return;
         }
     };
+    let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes);
     let session = Session::new(ctx, peer, accepted_at);
-    let (sink, stream) = ws.split();
-    serve(session, WsReader::new(stream), WsWriter::new(sink), "ws").await;
+    serve(session, stream, inbuf, decoder, WsEncoder, "ws").await;
 }
 
 pub use goim_common::shutdown_signal;

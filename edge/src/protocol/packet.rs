@@ -130,6 +130,23 @@ pub fn decode_frame(frame: &[u8]) -> Result<Packet, DecodeError> {
     Ok(Packet { ver, op, seq, body: Bytes::copy_from_slice(&frame[HEADER_LEN..want]) })
 }
 
+/// The next complete packet at the front of a TCP byte stream (consumed from `buf`), `Ok(None)` if more
+/// bytes are needed, or the reason to close.
+pub fn next_packet(buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let body_len = check_header(&buf[..HEADER_LEN])?;
+    if buf.len() < HEADER_LEN + body_len {
+        buf.reserve(HEADER_LEN + body_len - buf.len());
+        return Ok(None);
+    }
+    let (ver, op, seq) = read_header_fields(buf);
+    buf.advance(HEADER_LEN);
+    let body = buf.split_to(body_len).freeze();
+    Ok(Some(Packet { ver, op, seq, body }))
+}
+
 /// Incremental decoder for the TCP byte stream. Feed it bytes with [`StreamDecoder::buffer`] and pull
 /// packets with [`StreamDecoder::next_packet`]; it never holds more than one packet beyond what it
 /// returned, because the header is validated before the body is awaited.
@@ -150,23 +167,14 @@ impl StreamDecoder {
 
     /// The next complete packet, `Ok(None)` if more bytes are needed, or the reason to close.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
-        if self.buf.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let body_len = check_header(&self.buf[..HEADER_LEN])?;
-        if self.buf.len() < HEADER_LEN + body_len {
-            self.buf.reserve(HEADER_LEN + body_len - self.buf.len());
-            return Ok(None);
-        }
-        let (ver, op, seq) = read_header_fields(&self.buf);
-        self.buf.advance(HEADER_LEN);
-        let body = self.buf.split_to(body_len).freeze();
-        Ok(Some(Packet { ver, op, seq, body }))
+        next_packet(&mut self.buf)
     }
 
     /// Give the buffer's memory back when it holds nothing (between packets of an idle connection).
+    /// Also when its capacity is 0: an emptied buffer still shares the allocation of the last packet's
+    /// body until it is replaced.
     pub fn release_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+        if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
     }

@@ -48,7 +48,7 @@ pub enum Flow {
 #[derive(Debug)]
 struct Room {
     id: String,
-    subject: String,
+    /// Its subject is `group.subject`.
     group: Arc<Group>,
 }
 
@@ -94,9 +94,9 @@ pub struct Session {
     state: State,
     /// Handshake deadline, then the idle (heartbeat) deadline.
     deadline: Instant,
-    /// Every subject this member may have joined, recorded before the join is awaited, so that
+    /// Every group this member is in, recorded before the join is awaited, so that
     /// [`Session::finish`] leaves them all even if the connection ends half-way through an auth.
-    joined: Vec<String>,
+    joined: Vec<Arc<Group>>,
     /// The key registered in the hub, recorded the same way.
     claimed_key: Option<String>,
     /// Counted in presence (conn_count, ip_count) since its auth.
@@ -295,10 +295,10 @@ impl Session {
         });
 
         let hub = self.ctx.hub.clone();
-        let mut subjects = vec![
-            (subjects::BROADCAST.to_string(), Delivery::Accepting),
-            (subjects::key_subject(&key), Delivery::Accepting),
-        ];
+        let mut subjects = vec![(subjects::BROADCAST.to_string(), Delivery::Accepting)];
+        if hub.key_groups() {
+            subjects.push((subjects::key_subject(&key), Delivery::Accepting));
+        }
         if mid != 0 {
             subjects.push((subjects::user_subject(mid), Delivery::Accepting));
         }
@@ -307,7 +307,6 @@ impl Session {
         let resume = body.resume.unwrap_or_default();
         let mut resumes: Vec<(&'static str, u64, Arc<Group>)> = Vec::new();
         for (subject, delivery) in subjects {
-            self.joined.push(subject.clone());
             let from = if subject == subjects::BROADCAST {
                 resume.broadcast.map(|f| ("broadcast", f))
             } else if subject.starts_with("user.") {
@@ -315,7 +314,9 @@ impl Session {
             } else {
                 None
             };
-            let group = hub.join_held(&subject, delivery, &self.member, from.is_some()).await;
+            let group = hub.enter(&subject, delivery, &self.member, from.is_some());
+            self.joined.push(group.clone());
+            group.subscribed().await;
             if let Some((class, from)) = from {
                 resumes.push((class, from, group));
             }
@@ -324,12 +325,13 @@ impl Session {
             None
         } else {
             let subject = subjects::room_subject(&body.room_id);
-            self.joined.push(subject.clone());
-            let group = hub.join_held(&subject, Delivery::All, &self.member, resume.room.is_some()).await;
+            let group = hub.enter(&subject, Delivery::All, &self.member, resume.room.is_some());
+            self.joined.push(group.clone());
+            group.subscribed().await;
             if let Some(from) = resume.room {
                 resumes.push(("room", from, group.clone()));
             }
-            Some(Room { id: body.room_id, subject, group })
+            Some(Room { id: body.room_id, group })
         };
         self.claimed_key = Some(key.clone());
         hub.claim_key(&key, &self.member).await;
@@ -475,9 +477,8 @@ impl Session {
         }
         if let Some(room) = active.room.as_ref().filter(|r| !claims.may_join(&r.id)) {
             info!(peer = %self.peer, room = %room.id, "refreshed token no longer covers the room: leaving it");
-            self.ctx.hub.leave(&room.subject, self.member.id);
-            let subject = room.subject.clone();
-            self.joined.retain(|s| *s != subject);
+            self.ctx.hub.leave(&room.group.subject, self.member.id);
+            self.joined.retain(|g| !Arc::ptr_eq(g, &room.group));
             active.room = None;
         }
         self.member.edit_accepts(|a| a.retain(|op| claims.may_accept(*op)));
@@ -515,14 +516,14 @@ impl Session {
         }
         let hub = &self.ctx.hub;
         if let Some(old) = active.room.take() {
-            hub.leave(&old.subject, self.member.id);
-            self.joined.retain(|s| *s != old.subject);
+            hub.leave(&old.group.subject, self.member.id);
+            self.joined.retain(|g| !Arc::ptr_eq(g, &old.group));
         }
         let Some(target) = target.filter(|t| !t.is_empty()) else { return };
-        let subject = subjects::room_subject(&target);
-        self.joined.push(subject.clone());
-        let group = hub.join(&subject, Delivery::All, &self.member).await;
-        active.room = Some(Room { id: target, subject, group });
+        let group = hub.enter(&subjects::room_subject(&target), Delivery::All, &self.member, false);
+        self.joined.push(group.clone());
+        active.room = Some(Room { id: target, group: group.clone() });
+        group.subscribed().await;
     }
 
     fn edit_accepts(&self, p: &Packet) {
@@ -565,7 +566,7 @@ impl Session {
                 return;
             }
         }
-        let room_subject = active.room.as_ref().map(|r| r.subject.as_str());
+        let room_subject = active.room.as_ref().map(|r| &*r.group.subject);
         let mut headers = HeaderMap::new();
         headers.insert(INGRESS_MID, active.mid.to_string().as_str());
         headers.insert(INGRESS_KEY, subjects::escape_token(&active.key).as_str());
@@ -588,8 +589,8 @@ impl Session {
     /// Leave every subject and release the key. Called once, when the connection ends.
     pub fn finish(&mut self) {
         let hub = &self.ctx.hub;
-        for subject in self.joined.drain(..) {
-            hub.leave(&subject, self.member.id);
+        for group in self.joined.drain(..) {
+            hub.leave(&group.subject, self.member.id);
         }
         if let Some(key) = self.claimed_key.take() {
             hub.release_key(&key, self.member.id);

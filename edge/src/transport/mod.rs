@@ -1,111 +1,257 @@
-//! Connection I/O: the TCP and WebSocket transports and the loop that drives a [`Session`] over them.
+//! Connection I/O: the loop that drives a [`Session`] over one socket, for both transports.
 //!
-//! Each connection is one task running two halves side by side: the reader feeds packets to the session
-//! under its deadline, the writer drains the member's outbox in batches. Whichever ends first ends the
-//! connection; the outbox's close signal also ends it while the writer is blocked on a client that does
-//! not read.
+//! A transport is only its framing: a [`Decode`] turning socket bytes into packets (goim's TCP stream,
+//! or WebSocket frames carrying one packet per message) and an [`Encode`] turning a batch from the
+//! member's outbox into socket bytes. The loop is the same for both: one task per connection, with
+//! a reader (socket → session, under the session's deadline) and a writer (outbox → socket) side by
+//! side; whichever ends first ends the connection.
+//!
+//! An idle connection must cost little memory, because memory per connection is what bounds an edge:
+//! the task waits through readiness polls (the wakers live in the socket's and the outbox's own
+//! slots), holds no read or write buffer between packets, and runs anything that waits on NATS
+//! (auth, room changes) and a write the client is too slow to take in boxed futures of their own.
 
 pub mod tcp;
 pub mod ws;
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::Ordering;
 
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
-use crate::outbox::{Batch, Outgoing};
+use crate::hub::Member;
+use crate::outbox::{Batch, Outbox, Outgoing};
+use crate::protocol::websocket::FrameError;
 use crate::protocol::{DecodeError, Packet};
 use crate::session::{Flow, Session};
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, Stats};
 
-/// Why a transport stopped producing packets.
+/// Bytes taken from the socket per read (a stack buffer; only a partial packet outlives the read).
+const READ_CHUNK: usize = 4096;
+
+/// What a transport's framing found in the client's bytes.
+#[derive(Debug)]
+pub enum Inbound {
+    Packet(Packet),
+    /// A transport-level answer to queue as it is (a WebSocket pong).
+    Answer(Bytes),
+    /// The client ended the connection cleanly, with the transport's farewell to send back (a
+    /// WebSocket close frame).
+    Goodbye(Option<Bytes>),
+    /// Nothing for the session (a WebSocket pong).
+    Nothing,
+}
+
+/// Why a client's bytes cannot be framed: the connection is closed without reply.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub enum FramingError {
     #[error("protocol error: {0}")]
-    Protocol(#[from] DecodeError),
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Packet(#[from] DecodeError),
     #[error("websocket error: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(#[from] FrameError),
 }
 
-/// The inbound half of a transport.
-pub trait PacketReader {
-    /// The next packet; `Ok(None)` when the client closed.
-    fn next_packet(&mut self) -> impl std::future::Future<Output = Result<Option<Packet>, ReadError>> + Send;
+/// The inbound half of a transport's framing.
+pub trait Decode: Send {
+    /// The next unit at the front of `buf` (consumed), `Ok(None)` if more bytes are needed.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, FramingError>;
 }
 
-/// The outbound half of a transport.
-pub trait BatchWriter {
-    /// Write a batch of queued items in as few writes as the transport allows.
-    fn write_batch(&mut self, items: VecDeque<Outgoing>) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+/// The outbound half of a transport's framing.
+pub trait Encode: Send + Sync {
+    /// Append everything in `items`, in order, to `out`: the bytes of one socket write.
+    fn encode(&self, items: &VecDeque<Outgoing>, out: &mut BytesMut);
 }
 
-/// Run `session` over one connection until it ends, then clean up and count the reason.
-pub async fn serve<R: PacketReader, W: BatchWriter>(mut session: Session, mut reader: R, mut writer: W, transport: &'static str) {
-    let member = session.member().clone();
-    let ctx = session.context().clone();
-    let reading = async {
-        loop {
+/// Run `session` over one connection until it ends, then clean up and count the reason. `inbuf`
+/// holds bytes the client already sent (after a WebSocket upgrade request).
+///
+/// A plain function returning its future (not an `async fn`): the arguments are captured once, not
+/// copied again into the future's locals, which would double the session's share of every idle
+/// connection's memory.
+pub fn serve(
+    session: Session,
+    stream: TcpStream,
+    inbuf: BytesMut,
+    decoder: impl Decode,
+    encoder: impl Encode,
+    transport: &'static str,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut session = session;
+    let mut decoder = decoder;
+    let mut inbuf = inbuf;
+    async move {
+        let stream = &stream;
+        let member = session.member().clone();
+        let ctx = session.context().clone();
+        let reason = {
+            let reading = read_loop(&mut session, stream, &mut inbuf, &mut decoder, transport);
+            let writing = write_loop(&member, &ctx.stats, stream, &encoder, transport);
             tokio::select! {
-                read = reader.next_packet() => match read {
-                    Ok(Some(packet)) => {
-                        // Requests that wait (auth, room changes, NATS round trips) run boxed: the
-                        // connection's future stays small while idle, which is most of the time.
-                        let flow = match session.on_packet_now(packet) {
-                            Ok(flow) => flow,
-                            Err(packet) => Box::pin(session.on_packet(packet)).await,
-                        };
-                        if let Flow::Close(reason) = flow {
-                            return reason;
-                        }
-                    }
-                    Ok(None) => return CloseReason::ClientGone,
-                    Err(ReadError::Protocol(e)) => {
-                        info!(conn = member.id, transport, error = %e, "closing without reply");
-                        return CloseReason::ProtocolError;
-                    }
-                    Err(e) => {
-                        debug!(conn = member.id, transport, error = %e, "read failed");
-                        return CloseReason::ClientGone;
-                    }
-                },
-                _ = sleep_until(session.deadline()) => {
-                    if let Flow::Close(reason) = Box::pin(session.on_deadline()).await {
-                        return reason;
-                    }
-                }
+                r = reading => r,
+                r = writing => r,
             }
+        };
+        // The first recorded reason wins (a kick or overflow may have closed the outbox first).
+        let reason = member.outbox.close(reason);
+        session.finish();
+        ctx.stats.closed(reason);
+        ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        match reason {
+            CloseReason::ClientGone => debug!(conn = member.id, transport, %reason, "connection closed"),
+            CloseReason::SlowConsumer => tracing::warn!(conn = member.id, transport, %reason, limit = ctx.config.limits.max_outbound_bytes, "client too slow: disconnected"),
+            _ => info!(conn = member.id, transport, %reason, "connection closed"),
         }
-    };
-    let writing = async {
+    }
+}
+
+/// Socket → session, packet by packet, under the session's deadline. Returns why the connection ends.
+async fn read_loop(
+    session: &mut Session,
+    stream: &TcpStream,
+    inbuf: &mut BytesMut,
+    decoder: &mut impl Decode,
+    transport: &'static str,
+) -> CloseReason {
+    let mut armed = session.deadline();
+    let sleep = sleep_until(armed);
+    tokio::pin!(sleep);
+    loop {
+        // Everything already received, packet by packet. Only a box is held across an await.
         loop {
-            match member.outbox.next_batch().await {
-                Batch::Items(items) => {
-                    ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = writer.write_batch(items).await {
-                        debug!(conn = member.id, transport, error = %e, "write failed");
+            let waiting = match decoder.decode(inbuf) {
+                Ok(None) => break,
+                Ok(Some(unit)) => match handle(session, stream, unit) {
+                    Ok(Flow::Continue) => continue,
+                    Ok(Flow::Close(reason)) => return reason,
+                    Err(waiting) => waiting,
+                },
+                Err(e) => {
+                    info!(conn = session.member().id, transport, error = %e, "closing without reply");
+                    return CloseReason::ProtocolError;
+                }
+            };
+            if let Flow::Close(reason) = waiting.await {
+                return reason;
+            }
+        }
+        if inbuf.is_empty() {
+            // Drop the (possibly shared) allocation: an idle connection keeps no buffer.
+            *inbuf = BytesMut::new();
+        }
+        let deadline = session.deadline();
+        if deadline != armed {
+            armed = deadline;
+            sleep.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                match ready.and_then(|()| read_chunk(stream, inbuf)) {
+                    Ok(0) => return CloseReason::ClientGone,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        debug!(conn = session.member().id, transport, error = %e, "read failed");
                         return CloseReason::ClientGone;
                     }
                 }
-                Batch::Closed(reason) => return reason,
+            }
+            () = &mut sleep => {
+                if let Flow::Close(reason) = Box::pin(session.on_deadline()).await {
+                    return reason;
+                }
+                armed = session.deadline();
+                sleep.as_mut().reset(armed);
             }
         }
-    };
-    let reason = tokio::select! {
-        r = reading => r,
-        r = writing => r,
-        r = member.outbox.closed() => r,
-    };
-    // The first recorded reason wins (a kick or overflow may have closed the outbox first).
-    let reason = member.outbox.close(reason);
-    session.finish();
-    ctx.stats.closed(reason);
-    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-    match reason {
-        CloseReason::ClientGone => debug!(conn = member.id, transport, %reason, "connection closed"),
-        CloseReason::SlowConsumer => tracing::warn!(conn = member.id, transport, %reason, limit = ctx.config.limits.max_outbound_bytes, "client too slow: disconnected"),
-        _ => info!(conn = member.id, transport, %reason, "connection closed"),
+    }
+}
+
+/// A request that waits (auth, room change, NATS round trips), boxed: the connection's future stays
+/// small while idle, which is most of the time.
+type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + Send + 'a>>;
+
+/// Act on one inbound unit now, or hand back the boxed request that must wait.
+fn handle<'a>(session: &'a mut Session, stream: &TcpStream, unit: Inbound) -> Result<Flow, Waiting<'a>> {
+    match unit {
+        Inbound::Packet(packet) => match session.on_packet_now(packet) {
+            Ok(flow) => Ok(flow),
+            Err(packet) => Err(Box::pin(session.on_packet(packet))),
+        },
+        Inbound::Answer(bytes) => Ok(match session.member().outbox.push(Outgoing::Control(bytes)) {
+            Ok(()) => Flow::Continue,
+            Err(reason) => Flow::Close(reason),
+        }),
+        Inbound::Goodbye(farewell) => {
+            if let Some(farewell) = farewell {
+                // Best effort, the connection is ending: a few bytes on a writable socket.
+                let _ = stream.try_write(&farewell);
+            }
+            Ok(Flow::Close(CloseReason::ClientGone))
+        }
+        Inbound::Nothing => Ok(Flow::Continue),
+    }
+}
+
+/// Outbox → socket, one write per batch. Returns why the connection ends.
+async fn write_loop(member: &Member, stats: &Stats, stream: &TcpStream, encoder: &impl Encode, transport: &'static str) -> CloseReason {
+    loop {
+        let out = match poll_fn(|cx| member.outbox.poll_next_batch(cx)).await {
+            Batch::Items(items) => {
+                let mut out = BytesMut::new();
+                encoder.encode(&items, &mut out);
+                out
+            }
+            Batch::Closed(reason) => return reason,
+        };
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        let written = match stream.try_write(&out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                debug!(conn = member.id, transport, error = %e, "write failed");
+                return CloseReason::ClientGone;
+            }
+        };
+        if written < out.len() {
+            // The client is not keeping up: wait for it in a boxed future of its own.
+            if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox)).await {
+                return reason;
+            }
+        }
+    }
+}
+
+/// One non-blocking read appended to `inbuf`: `Ok(0)` at end of stream.
+fn read_chunk(stream: &TcpStream, inbuf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    inbuf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// The rest of a write the socket did not take at once; gives up as soon as the outbox closes (a
+/// kick, or the bound exceeded while this client does not read).
+async fn write_rest(stream: &TcpStream, mut buf: &[u8], outbox: &Outbox) -> Result<(), CloseReason> {
+    loop {
+        tokio::select! {
+            ready = poll_fn(|cx| stream.poll_write_ready(cx)) => ready.map_err(|_| CloseReason::ClientGone)?,
+            reason = outbox.closed() => return Err(reason),
+        }
+        match stream.try_write(buf) {
+            Ok(0) => return Err(CloseReason::ClientGone),
+            Ok(n) if n == buf.len() => return Ok(()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!(error = %e, "write failed");
+                return Err(CloseReason::ClientGone);
+            }
+        }
     }
 }

@@ -1,102 +1,234 @@
-//! goim over WebSocket: one goim packet per client message (only its first packet is parsed), and
-//! pushes wrapped in op-9 packets, one or more inner packets per binary message. Replies are never
-//! wrapped. tokio-tungstenite runs with small buffers: its defaults cost ~135 KB per connection.
+//! goim over WebSocket: the HTTP upgrade, then one goim packet per client message (only its first
+//! packet is parsed, text or binary), and pushes wrapped in op-9 packets, one or more inner packets
+//! per binary message. Replies are never wrapped. Frames are the edge's own
+//! ([`crate::protocol::websocket`]): no per-connection buffers while idle.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{BatchWriter, PacketReader, ReadError};
-use crate::config::LimitsConfig;
+use super::{Decode, Encode, FramingError, Inbound};
 use crate::outbox::Outgoing;
-use crate::protocol::{decode_frame, raw, Packet};
+use crate::protocol::websocket::{self, Message, OP_BINARY, OP_CLOSE, OP_PONG};
+use crate::protocol::{decode_frame, raw, HEADER_LEN};
 
-/// tungstenite settings for a goim connection.
-pub fn websocket_config(limits: &LimitsConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
-        // The outbox already bounds what is queued; this only stops tungstenite buffering beyond it.
-        .max_write_buffer_size(limits.max_outbound_bytes.saturating_mul(2).max(64 * 1024))
-        .max_message_size(Some(limits.max_ws_message_bytes))
-        .max_frame_size(Some(limits.max_ws_message_bytes))
+/// Largest upgrade request (request line and headers) the edge reads.
+const MAX_UPGRADE_REQUEST: usize = 8192;
+
+/// Why an upgrade failed (the client got an HTTP error status where one applies).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed during the upgrade request")]
+    Closed,
+    #[error("upgrade request is not valid HTTP: {0}")]
+    Http(#[from] httparse::Error),
+    #[error("upgrade request longer than {MAX_UPGRADE_REQUEST} bytes")]
+    TooLong,
+    #[error("refused with {status}: {why}")]
+    Refused { status: &'static str, why: String },
 }
 
-pub struct WsReader<S> {
-    stream: SplitStream<WebSocketStream<S>>,
-}
-
-impl<S> WsReader<S> {
-    pub fn new(stream: SplitStream<WebSocketStream<S>>) -> Self {
-        WsReader { stream }
+/// Read the client's upgrade request and answer it: `101 Switching Protocols` on `path`, an HTTP
+/// error status (404 elsewhere, 400 for a request that is not a WebSocket upgrade, 426 for another
+/// protocol version) otherwise. Returns the bytes the client sent after its request.
+pub async fn upgrade(stream: &TcpStream, path: &str) -> Result<BytesMut, UpgradeError> {
+    let mut buf = BytesMut::new();
+    loop {
+        poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        let mut chunk = [0u8; 2048];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return Err(UpgradeError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let parsed = request.parse(&buf)?;
+        let httparse::Status::Complete(len) = parsed else {
+            if buf.len() > MAX_UPGRADE_REQUEST {
+                return Err(UpgradeError::TooLong);
+            }
+            continue;
+        };
+        return match accept_response(&request, path) {
+            Ok(response) => {
+                write_all(stream, response.as_bytes()).await?;
+                let _ = buf.split_to(len);
+                Ok(buf)
+            }
+            Err((status, why, extra)) => {
+                let body = format!("{why}\n");
+                let response = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = write_all(stream, response.as_bytes()).await;
+                Err(UpgradeError::Refused { status, why })
+            }
+        };
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> PacketReader for WsReader<S> {
-    async fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
-        loop {
-            match self.stream.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Binary(data))) => return Ok(Some(decode_frame(&data)?)),
-                Some(Ok(Message::Text(text))) => return Ok(Some(decode_frame(text.as_bytes())?)),
-                // tungstenite answers pings itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            }
+/// The `101` answer to a valid upgrade request, or (status, reason, extra headers).
+fn accept_response(request: &httparse::Request<'_, '_>, path: &str) -> Result<String, (&'static str, String, &'static str)> {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if request.method != Some("GET") {
+        return Err(("405 Method Not Allowed", "a WebSocket upgrade is a GET".into(), ""));
+    }
+    let target = request.path.unwrap_or("");
+    if target.split('?').next() != Some(path) {
+        return Err(("404 Not Found", format!("goim WebSocket path is {path}"), ""));
+    }
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err(("400 Bad Request", "not a WebSocket upgrade request".into(), ""));
+    }
+    if header("Sec-WebSocket-Version") != Some("13") {
+        return Err(("426 Upgrade Required", "WebSocket version 13 only".into(), "Sec-WebSocket-Version: 13\r\n"));
+    }
+    let Some(key) = header("Sec-WebSocket-Key").filter(|k| !k.is_empty()) else {
+        return Err(("400 Bad Request", "Sec-WebSocket-Key is missing".into(), ""));
+    };
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    ))
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll_fn(|cx| stream.poll_write_ready(cx)).await?,
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
-pub struct WsWriter<S> {
-    sink: SplitSink<WebSocketStream<S>, Message>,
-}
+/// Client messages to packets; pings answered, pongs ignored, a close frame echoed.
+#[derive(Debug)]
+pub struct WsDecoder(websocket::Decoder);
 
-impl<S> WsWriter<S> {
-    pub fn new(sink: SplitSink<WebSocketStream<S>, Message>) -> Self {
-        WsWriter { sink }
+impl WsDecoder {
+    /// `max_message`: `limits.max_ws_message_bytes`, larger messages close the connection.
+    pub fn new(max_message: usize) -> WsDecoder {
+        WsDecoder(websocket::Decoder::new(max_message))
     }
 }
 
-fn io_error(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
-    match e {
-        tokio_tungstenite::tungstenite::Error::Io(e) => e,
-        other => std::io::Error::other(other),
+impl Decode for WsDecoder {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, FramingError> {
+        Ok(match self.0.decode(buf)? {
+            None => None,
+            Some(Message::Binary(data) | Message::Text(data)) => Some(Inbound::Packet(decode_frame(&data)?)),
+            Some(Message::Ping(payload)) => Some(Inbound::Answer(websocket::frame(OP_PONG, &payload))),
+            Some(Message::Pong) => Some(Inbound::Nothing),
+            Some(Message::Close(code)) => {
+                let echo = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                Some(Inbound::Goodbye(Some(websocket::frame(OP_CLOSE, &echo))))
+            }
+        })
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> BatchWriter for WsWriter<S> {
-    async fn write_batch(&mut self, items: VecDeque<Outgoing>) -> std::io::Result<()> {
-        let mut pushes: Vec<Bytes> = Vec::new();
-        for item in items {
-            match item {
-                Outgoing::Push(b) => pushes.push(b),
+/// Consecutive pushes as one op-9 binary message, each reply as its own binary message.
+#[derive(Debug, Default)]
+pub struct WsEncoder;
+
+impl Encode for WsEncoder {
+    fn encode(&self, items: &VecDeque<Outgoing>, out: &mut BytesMut) {
+        let mut i = 0;
+        while i < items.len() {
+            match &items[i] {
+                Outgoing::Push(_) => {
+                    let pushes: Vec<&Bytes> = items
+                        .range(i..)
+                        .map_while(|item| match item {
+                            Outgoing::Push(b) => Some(b),
+                            _ => None,
+                        })
+                        .collect();
+                    i += pushes.len();
+                    let body_len: usize = pushes.iter().map(|b| b.len()).sum();
+                    websocket::put_frame_header(out, OP_BINARY, HEADER_LEN + body_len);
+                    raw::wrap_into(out, pushes, body_len);
+                }
                 Outgoing::Reply(b) => {
-                    self.flush_pushes(&mut pushes).await?;
-                    self.sink.feed(Message::Binary(b)).await.map_err(io_error)?;
+                    websocket::put_frame_header(out, OP_BINARY, b.len());
+                    out.extend_from_slice(b);
+                    i += 1;
+                }
+                Outgoing::Control(b) => {
+                    out.extend_from_slice(b);
+                    i += 1;
                 }
             }
         }
-        self.flush_pushes(&mut pushes).await?;
-        self.sink.flush().await.map_err(io_error)
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsWriter<S> {
-    /// Queue the pending pushes as one op-9 message.
-    async fn flush_pushes(&mut self, pushes: &mut Vec<Bytes>) -> std::io::Result<()> {
-        if pushes.is_empty() {
-            return Ok(());
-        }
-        let body_len = pushes.iter().map(Bytes::len).sum();
-        let mut frame = BytesMut::new();
-        raw::wrap_into(&mut frame, pushes.iter(), body_len);
-        pushes.clear();
-        self.sink.feed(Message::Binary(frame.freeze())).await.map_err(io_error)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_push, Packet};
+
+    #[test]
+    fn pushes_are_wrapped_together_and_replies_alone() {
+        let p1 = encode_push(1000, b"a");
+        let p2 = encode_push(1001, b"bb");
+        let reply = Packet { ver: 1, op: 3, seq: 7, body: Bytes::new() }.encode();
+        let items: VecDeque<Outgoing> =
+            [Outgoing::Push(p1.clone()), Outgoing::Push(p2.clone()), Outgoing::Reply(reply.clone())].into();
+        let mut out = BytesMut::new();
+        WsEncoder.encode(&items, &mut out);
+        // Frame 1: binary, op-9 packet holding both pushes.
+        let inner = p1.len() + p2.len();
+        assert_eq!(out[0], 0x82);
+        assert_eq!(out[1] as usize, HEADER_LEN + inner);
+        let op9 = &out[2..2 + HEADER_LEN + inner];
+        assert_eq!(i32::from_be_bytes(op9[8..12].try_into().unwrap()), 9);
+        let packets = raw::unwrap(&op9[HEADER_LEN..]).unwrap();
+        assert_eq!(packets.iter().map(|p| p.op).collect::<Vec<_>>(), vec![1000, 1001]);
+        // Frame 2: the reply, unwrapped.
+        let rest = &out[2 + HEADER_LEN + inner..];
+        assert_eq!((rest[0], rest[1] as usize), (0x82, reply.len()));
+        assert_eq!(&rest[2..], &reply[..]);
+    }
+
+    #[test]
+    fn upgrade_requests_are_checked() {
+        let parse = |text: &str| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            assert!(req.parse(text.as_bytes()).unwrap().is_complete());
+            accept_response(&req, "/sub").map_err(|(status, _, _)| status)
+        };
+        let ok = "GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let answer = parse(ok).unwrap();
+        // RFC 6455's own example key and answer.
+        assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{answer}");
+        assert_eq!(parse(&ok.replace("/sub", "/other")), Err("404 Not Found"));
+        assert_eq!(parse(&ok.replace("GET", "POST")), Err("405 Method Not Allowed"));
+        assert_eq!(parse(&ok.replace("Upgrade: WebSocket\r\n", "")), Err("400 Bad Request"));
+        assert_eq!(parse(&ok.replace("Version: 13", "Version: 8")), Err("426 Upgrade Required"));
+        assert_eq!(parse(&ok.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), Err("400 Bad Request"));
     }
 }
