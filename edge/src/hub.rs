@@ -52,7 +52,7 @@ pub enum Delivery {
 pub struct Member {
     pub id: u64,
     pub outbox: Outbox,
-    accepts: RwLock<HashSet<i32>>,
+    accepts: RwLock<AcceptSet>,
     /// Unix nanoseconds of the successful auth; orders duplicate-key kicks across edges.
     auth_time: AtomicU64,
 }
@@ -62,7 +62,7 @@ impl Member {
         Member {
             id,
             outbox: Outbox::new(max_outbound_bytes),
-            accepts: RwLock::new(HashSet::new()),
+            accepts: RwLock::new(AcceptSet::default()),
             auth_time: AtomicU64::new(0),
         }
     }
@@ -72,8 +72,54 @@ impl Member {
     }
 
     /// Apply `f` to the accept set (auth, op 14, op 16).
-    pub fn edit_accepts<R>(&self, f: impl FnOnce(&mut HashSet<i32>) -> R) -> R {
-        f(&mut self.accepts.write().unwrap_or_else(|p| p.into_inner()))
+    pub fn edit_accepts<R>(&self, f: impl FnOnce(&mut AcceptSet) -> R) -> R {
+        let mut accepts = self.accepts.write().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut accepts);
+        accepts.ops.shrink_to_fit();
+        r
+    }
+}
+
+/// The ops a connection accepts (goim's accept set): a sorted vector, a few bytes for the usual one
+/// to three ops, where a hash set would cost a table per connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptSet {
+    ops: Vec<i32>,
+}
+
+impl AcceptSet {
+    pub fn contains(&self, op: &i32) -> bool {
+        self.ops.binary_search(op).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+
+    pub fn remove(&mut self, op: &i32) {
+        if let Ok(i) = self.ops.binary_search(op) {
+            self.ops.remove(i);
+        }
+    }
+
+    pub fn retain(&mut self, f: impl FnMut(&i32) -> bool) {
+        self.ops.retain(f);
+    }
+}
+
+impl Extend<i32> for AcceptSet {
+    fn extend<T: IntoIterator<Item = i32>>(&mut self, ops: T) {
+        self.ops.extend(ops);
+        self.ops.sort_unstable();
+        self.ops.dedup();
     }
 }
 
@@ -88,13 +134,87 @@ enum SubState {
     Failed,
 }
 
+/// Members of a group by connection id: a short vector for the many groups of one or a few members
+/// (a user's devices), a hash map once a group is large (rooms).
+#[derive(Debug)]
+pub enum Members {
+    Few(Vec<Arc<Member>>),
+    Many(HashMap<u64, Arc<Member>>),
+}
+
+/// Where [`Members`] switches from a vector to a map.
+const FEW_MEMBERS: usize = 16;
+
+impl Default for Members {
+    fn default() -> Self {
+        Members::Few(Vec::new())
+    }
+}
+
+impl Members {
+    pub fn len(&self) -> usize {
+        match self {
+            Members::Few(v) => v.len(),
+            Members::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Add (or replace) the member with this id.
+    pub fn insert(&mut self, member: Arc<Member>) {
+        match self {
+            Members::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|m| m.id == member.id) {
+                    *slot = member;
+                } else if v.len() < FEW_MEMBERS {
+                    v.push(member);
+                } else {
+                    let mut map: HashMap<u64, Arc<Member>> = v.drain(..).map(|m| (m.id, m)).collect();
+                    map.insert(member.id, member);
+                    *self = Members::Many(map);
+                }
+            }
+            Members::Many(m) => {
+                m.insert(member.id, member);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        match self {
+            Members::Few(v) => {
+                if let Some(i) = v.iter().position(|m| m.id == id) {
+                    v.swap_remove(i);
+                    if v.is_empty() {
+                        *v = Vec::new();
+                    }
+                }
+            }
+            Members::Many(m) => {
+                m.remove(&id);
+            }
+        }
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Member>> {
+        let (few, many) = match self {
+            Members::Few(v) => (Some(v.iter()), None),
+            Members::Many(m) => (None, Some(m.values())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
 /// The local members of one subject and how its messages arrive.
 #[derive(Debug)]
 pub struct Group {
     /// Shared with the hub's map key: one allocation per subject.
     pub subject: Arc<str>,
     delivery: Delivery,
-    members: RwLock<HashMap<u64, Arc<Member>>>,
+    members: RwLock<Members>,
     /// The group's own NATS subscription (rooms, broadcast; users and keys with
     /// `nats.per_connection_subjects = "exact"`). None when the edge's wildcard subscription for the
     /// subject's class carries its messages: a user or key group then costs no NATS subscription.
@@ -144,7 +264,8 @@ pub struct Hub {
     /// Largest batch entry (bytes) queued for one member: well inside its outbound bound.
     max_batch_bytes: usize,
     groups: Mutex<HashMap<Arc<str>, Arc<Group>>>,
-    keys: Mutex<HashMap<String, Arc<Member>>>,
+    /// Key → its connection on this edge; the key string is shared with the session's.
+    keys: Mutex<HashMap<Arc<str>, Arc<Member>>>,
     /// Live edges in the cluster, this one included (kept by `crate::presence`; 1 until known). A
     /// broadcast's `Goim-Speed` is split over them.
     live_edges: Arc<AtomicUsize>,
@@ -272,7 +393,7 @@ impl Hub {
                 let g = Arc::new(Group {
                     subject: Arc::from(subject),
                     delivery,
-                    members: RwLock::new(HashMap::new()),
+                    members: RwLock::new(Members::default()),
                     own: own.then(|| {
                         Box::new(OwnSubscription { state: watch::channel(SubState::Pending).0, task: Mutex::new(None) })
                     }),
@@ -293,7 +414,7 @@ impl Hub {
         if let (true, Some(seq)) = (hold, &group.seq) {
             seq.hold(member.id);
         }
-        members.insert(member.id, member.clone());
+        members.insert(member.clone());
         drop(members);
         group
     }
@@ -490,7 +611,7 @@ impl Hub {
         let mut groups = self.lock_groups();
         let Some(group) = groups.get(subject).cloned() else { return };
         let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
-        members.remove(&member_id);
+        members.remove(member_id);
         if members.is_empty() {
             drop(members);
             groups.remove(subject);
@@ -643,7 +764,7 @@ impl Hub {
     /// and if it accepts the op.
     fn deliver_to_key(&self, token: &str, msg: &Message) {
         let Ok(key) = subjects::unescape_token(token) else { return };
-        let Some(member) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() else { return };
+        let Some(member) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).cloned() else { return };
         let Some((op, frame)) = self.encode(msg) else { return };
         if member.accepts(op) && member.outbox.push(Outgoing::Push(frame)).is_ok() {
             self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -652,14 +773,16 @@ impl Hub {
 
     /// Register `key` for `member` and kick the older holder of the key on this edge; then tell the
     /// other edges, whose holders are older, to kick theirs.
-    pub async fn claim_key(&self, key: &str, member: &Arc<Member>) {
+    pub async fn claim_key(&self, key: &Arc<str>, member: &Arc<Member>) {
+        let key_ref: &str = key;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         member.auth_time.store(now, Ordering::Relaxed);
         let older = self
             .keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), member.clone());
+            .insert(key.clone(), member.clone());
+        let key = key_ref;
         if let Some(older) = older {
             if older.id != member.id {
                 info!(key, old = older.id, new = member.id, "duplicate key on this edge: kicking the older connection");
@@ -701,7 +824,7 @@ impl Hub {
         let their_time: u64 = time.parse().unwrap_or(0);
         let their_conn: u64 = conn.parse().unwrap_or(0);
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(local) = keys.get(&key) else { return };
+        let Some(local) = keys.get(key.as_str()) else { return };
         // The newer auth wins; equal clocks fall back to (edge id, conn id) so exactly one survives.
         let ours = (local.auth_time.load(Ordering::Relaxed), self.edge_id.as_str(), local.id);
         let theirs = (their_time, edge.as_str(), their_conn);
@@ -833,5 +956,50 @@ impl Hub {
         }
         self.stats.replayed.fetch_add(n as u64, Ordering::Relaxed);
         Ok((n, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AcceptSet;
+
+    #[test]
+    fn members_grow_from_a_vector_into_a_map_and_stay_a_set() {
+        use super::{Member, Members};
+        use std::sync::Arc;
+        let mut m = Members::default();
+        for id in 0..40u64 {
+            m.insert(Arc::new(Member::new(id, 4096)));
+            m.insert(Arc::new(Member::new(id, 4096)));
+        }
+        assert_eq!(m.len(), 40);
+        assert!(matches!(m, Members::Many(_)));
+        let mut ids: Vec<u64> = m.values().map(|x| x.id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..40).collect::<Vec<_>>());
+        for id in 0..40u64 {
+            m.remove(id);
+        }
+        assert!(m.is_empty());
+        let mut few = Members::default();
+        few.insert(Arc::new(Member::new(1, 4096)));
+        few.insert(Arc::new(Member::new(2, 4096)));
+        few.remove(1);
+        assert_eq!(few.values().map(|x| x.id).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn accept_set_is_a_set() {
+        let mut a = AcceptSet::default();
+        a.extend([1001, 1000, 1001, 7]);
+        assert_eq!(a.len(), 3);
+        assert!(a.contains(&1000) && a.contains(&1001) && a.contains(&7) && !a.contains(&8));
+        a.remove(&1001);
+        a.remove(&5);
+        assert!(!a.contains(&1001) && a.len() == 2);
+        a.retain(|op| *op > 10);
+        assert!(a.contains(&1000) && !a.contains(&7));
+        a.clear();
+        assert!(a.is_empty());
     }
 }

@@ -134,9 +134,7 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
                         tokio::spawn(task);
                     }
                     Transport::Ws => {
-                        let task = serve_ws(ctx, stream, peer, accepted_at);
-                        log_task_size("ws", &task);
-                        tokio::spawn(task);
+                        tokio::spawn(upgrade_ws(ctx, stream, peer, accepted_at));
                     }
                 };
             }
@@ -164,12 +162,12 @@ fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepte
     serve(session, stream, BytesMut::new(), TcpDecoder, TcpEncoder, "tcp")
 }
 
-async fn serve_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
+/// The WebSocket upgrade, in a task of its own that then hands the connection to a task of exactly
+/// the [`serve`] future (as over TCP): the upgrade's state does not stay in the connection's memory.
+async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     let _ = stream.set_nodelay(true);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
-    // Boxed: the upgrade's state is not carried in the connection's future for its whole life.
-    let upgrade = Box::pin(ws::upgrade(&stream, &ctx.config.listen.ws_path));
-    let inbuf = match tokio::time::timeout_at(deadline, upgrade).await {
+    let inbuf = match tokio::time::timeout_at(deadline, ws::upgrade(&stream, &ctx.config.listen.ws_path)).await {
         Ok(Ok(inbuf)) => inbuf,
         outcome => {
             let reason = match outcome {
@@ -187,7 +185,9 @@ async fn serve_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, ac
     };
     let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes);
     let session = Session::new(ctx, peer, accepted_at);
-    serve(session, stream, inbuf, decoder, WsEncoder, "ws").await;
+    let task = serve(session, stream, inbuf, decoder, WsEncoder, "ws");
+    log_task_size("ws", &task);
+    tokio::spawn(task);
 }
 
 pub use goim_common::shutdown_signal;

@@ -58,8 +58,9 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    /// Opcode and payload so far of a fragmented message.
-    partial: Option<(u8, BytesMut)>,
+    /// Opcode and payload so far of a fragmented message (boxed: rare, and the decoder lives in every
+    /// connection's memory).
+    partial: Option<Box<(u8, BytesMut)>>,
 }
 
 impl Decoder {
@@ -74,14 +75,15 @@ impl Decoder {
             let (fin, opcode, payload) = frame;
             match opcode {
                 OP_CONTINUATION => {
-                    let Some((first, mut so_far)) = self.partial.take() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(FrameError::UnexpectedContinuation);
                     };
-                    so_far.extend_from_slice(&payload);
+                    partial.1.extend_from_slice(&payload);
                     if !fin {
-                        self.partial = Some((first, so_far));
+                        self.partial = Some(partial);
                         continue;
                     }
+                    let (first, so_far) = *partial;
                     return data_message(first, so_far.freeze()).map(Some);
                 }
                 OP_TEXT | OP_BINARY => {
@@ -89,7 +91,7 @@ impl Decoder {
                         return Err(FrameError::UnfinishedMessage);
                     }
                     if !fin {
-                        self.partial = Some((opcode, BytesMut::from(&payload[..])));
+                        self.partial = Some(Box::new((opcode, BytesMut::from(&payload[..]))));
                         continue;
                     }
                     return data_message(opcode, payload).map(Some);
@@ -137,7 +139,7 @@ impl Decoder {
             return Err(FrameError::BadControlFrame);
         }
         // Checked before buffering the payload: a hostile length never makes the edge allocate.
-        let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
+        let so_far = self.partial.as_ref().map_or(0, |p| p.1.len() as u64);
         if !control && len.saturating_add(so_far) > self.max_message as u64 {
             return Err(FrameError::TooLarge { len: len.saturating_add(so_far), max: self.max_message });
         }

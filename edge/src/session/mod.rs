@@ -59,24 +59,25 @@ struct Scope {
     /// The token itself: history reads are scoped by it at goim-history.
     token: String,
     expires_at: Instant,
+    /// Delegated mode: the auth body, sent to authsvc again to renew the grant at its expiry.
+    delegated_body: Option<Bytes>,
 }
 
 impl Scope {
-    fn new(claims: Claims, token: String) -> Scope {
+    fn new(claims: Claims, token: String, delegated_body: Option<Bytes>) -> Scope {
         let left = claims.exp.saturating_sub(goim_token::now_secs());
-        Scope { claims, token, expires_at: Instant::now() + Duration::from_secs(left) }
+        Scope { claims, token, expires_at: Instant::now() + Duration::from_secs(left), delegated_body }
     }
 }
 
 #[derive(Debug)]
 struct Active {
     mid: i64,
-    key: String,
+    /// Shared with the hub's key registry.
+    key: Arc<str>,
     room: Option<Room>,
     /// None in trust-body mode: everything goim allows is allowed.
     scope: Option<Box<Scope>>,
-    /// Delegated mode: the auth body, sent to authsvc again to renew the grant at its expiry.
-    delegated_body: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -97,8 +98,6 @@ pub struct Session {
     /// Every group this member is in, recorded before the join is awaited, so that
     /// [`Session::finish`] leaves them all even if the connection ends half-way through an auth.
     joined: Vec<Arc<Group>>,
-    /// The key registered in the hub, recorded the same way.
-    claimed_key: Option<String>,
     /// Counted in presence (conn_count, ip_count) since its auth.
     counted_online: bool,
 }
@@ -117,7 +116,6 @@ impl Session {
             state: State::Handshake,
             deadline,
             joined: Vec::new(),
-            claimed_key: None,
             counted_online: false,
         }
     }
@@ -148,7 +146,7 @@ impl Session {
         if now >= self.deadline {
             return Flow::Close(CloseReason::IdleTimeout);
         }
-        let Some(body) = active.delegated_body.clone() else {
+        let Some(body) = active.scope.as_ref().and_then(|s| s.delegated_body.clone()) else {
             info!(peer = %self.peer, mid = active.mid, "token expired without an in-band refresh");
             return Flow::Close(CloseReason::TokenExpired);
         };
@@ -333,18 +331,19 @@ impl Session {
             }
             Some(Room { id: body.room_id, group })
         };
-        self.claimed_key = Some(key.clone());
-        hub.claim_key(&key, &self.member).await;
-
         debug!(peer = %self.peer, conn = self.member.id, mid, key, room = ?room.as_ref().map(|r| &r.id), platform = body.platform, "authenticated");
         let delegated_body = (self.ctx.access.mode == AuthMode::Delegated).then(|| p.body.clone());
+        // Active before the key is claimed: from here on `finish` releases it.
+        let key: Arc<str> = Arc::from(key);
+        let claim = key.clone();
         self.state = State::Active(Active {
             mid,
             key,
             room,
-            scope: claims.map(|(c, token)| Box::new(Scope::new(c, token))),
-            delegated_body,
+            scope: claims.map(|(c, token)| Box::new(Scope::new(c, token, delegated_body))),
         });
+        hub.claim_key(&claim, &self.member).await;
+        drop(claim);
         self.ctx.stats.authenticated.fetch_add(1, Ordering::Relaxed);
         self.ctx.presence.conn_up(self.peer.ip());
         self.counted_online = true;
@@ -471,7 +470,7 @@ impl Session {
     /// Replace the scope with `claims` (same mid and key), dropping what they no longer allow.
     fn apply_refresh(&mut self, claims: Claims) -> Result<(), CloseReason> {
         let State::Active(active) = &mut self.state else { return Err(CloseReason::BadAuth) };
-        if claims.mid != active.mid || claims.key.as_ref().is_some_and(|k| *k != active.key) {
+        if claims.mid != active.mid || claims.key.as_deref().is_some_and(|k| k != &*active.key) {
             info!(peer = %self.peer, mid = active.mid, "refresh refused: token is for another mid or key");
             return Err(CloseReason::OutOfScope);
         }
@@ -483,8 +482,8 @@ impl Session {
         }
         self.member.edit_accepts(|a| a.retain(|op| claims.may_accept(*op)));
         debug!(peer = %self.peer, mid = active.mid, exp = claims.exp, "token refreshed");
-        let token = active.scope.as_ref().map(|s| s.token.clone()).unwrap_or_default();
-        active.scope = Some(Box::new(Scope::new(claims, token)));
+        let (token, body) = active.scope.as_ref().map(|s| (s.token.clone(), s.delegated_body.clone())).unwrap_or_default();
+        active.scope = Some(Box::new(Scope::new(claims, token, body)));
         Ok(())
     }
 
@@ -592,8 +591,8 @@ impl Session {
         for group in self.joined.drain(..) {
             hub.leave(&group.subject, self.member.id);
         }
-        if let Some(key) = self.claimed_key.take() {
-            hub.release_key(&key, self.member.id);
+        if let State::Active(active) = &self.state {
+            hub.release_key(&active.key, self.member.id);
         }
         if std::mem::take(&mut self.counted_online) {
             self.ctx.presence.conn_down(self.peer.ip());

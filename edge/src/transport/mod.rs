@@ -90,8 +90,8 @@ pub fn serve(
         let member = session.member().clone();
         let ctx = session.context().clone();
         let reason = {
-            let reading = read_loop(&mut session, stream, &mut inbuf, &mut decoder, transport);
-            let writing = write_loop(&member, &ctx.stats, stream, &encoder, transport);
+            let reading = read_loop(&mut session, stream, &mut inbuf, &mut decoder);
+            let writing = write_loop(&member, &ctx.stats, stream, &encoder);
             tokio::select! {
                 r = reading => r,
                 r = writing => r,
@@ -111,62 +111,64 @@ pub fn serve(
 }
 
 /// Socket → session, packet by packet, under the session's deadline. Returns why the connection ends.
-async fn read_loop(
-    session: &mut Session,
-    stream: &TcpStream,
-    inbuf: &mut BytesMut,
-    decoder: &mut impl Decode,
-    transport: &'static str,
-) -> CloseReason {
-    let mut armed = session.deadline();
-    let sleep = sleep_until(armed);
-    tokio::pin!(sleep);
-    loop {
-        // Everything already received, packet by packet. Only a box is held across an await.
+/// (A `fn` returning `async move`, like [`serve`], so that its arguments are stored once.)
+fn read_loop<'a>(
+    session: &'a mut Session,
+    stream: &'a TcpStream,
+    inbuf: &'a mut BytesMut,
+    decoder: &'a mut impl Decode,
+) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
+    async move {
+        let mut armed = session.deadline();
+        let sleep = sleep_until(armed);
+        tokio::pin!(sleep);
         loop {
-            let waiting = match decoder.decode(inbuf) {
-                Ok(None) => break,
-                Ok(Some(unit)) => match handle(session, stream, unit) {
-                    Ok(Flow::Continue) => continue,
-                    Ok(Flow::Close(reason)) => return reason,
-                    Err(waiting) => waiting,
-                },
-                Err(e) => {
-                    info!(conn = session.member().id, transport, error = %e, "closing without reply");
-                    return CloseReason::ProtocolError;
-                }
-            };
-            if let Flow::Close(reason) = waiting.await {
-                return reason;
-            }
-        }
-        if inbuf.is_empty() {
-            // Drop the (possibly shared) allocation: an idle connection keeps no buffer.
-            *inbuf = BytesMut::new();
-        }
-        let deadline = session.deadline();
-        if deadline != armed {
-            armed = deadline;
-            sleep.as_mut().reset(deadline);
-        }
-        tokio::select! {
-            ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                match ready.and_then(|()| read_chunk(stream, inbuf)) {
-                    Ok(0) => return CloseReason::ClientGone,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Everything already received, packet by packet. Only a box is held across an await.
+            loop {
+                let waiting = match decoder.decode(inbuf) {
+                    Ok(None) => break,
+                    Ok(Some(unit)) => match handle(session, stream, unit) {
+                        Ok(Flow::Continue) => continue,
+                        Ok(Flow::Close(reason)) => return reason,
+                        Err(waiting) => waiting,
+                    },
                     Err(e) => {
-                        debug!(conn = session.member().id, transport, error = %e, "read failed");
-                        return CloseReason::ClientGone;
+                        info!(conn = session.member().id, error = %e, "closing without reply");
+                        return CloseReason::ProtocolError;
                     }
-                }
-            }
-            () = &mut sleep => {
-                if let Flow::Close(reason) = Box::pin(session.on_deadline()).await {
+                };
+                if let Flow::Close(reason) = waiting.await {
                     return reason;
                 }
-                armed = session.deadline();
-                sleep.as_mut().reset(armed);
+            }
+            if inbuf.is_empty() {
+                // Drop the (possibly shared) allocation: an idle connection keeps no buffer.
+                *inbuf = BytesMut::new();
+            }
+            let deadline = session.deadline();
+            if deadline != armed {
+                armed = deadline;
+                sleep.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                    match ready.and_then(|()| read_chunk(stream, inbuf)) {
+                        Ok(0) => return CloseReason::ClientGone,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            debug!(conn = session.member().id, error = %e, "read failed");
+                            return CloseReason::ClientGone;
+                        }
+                    }
+                }
+                () = &mut sleep => {
+                    if let Flow::Close(reason) = Box::pin(session.on_deadline()).await {
+                        return reason;
+                    }
+                    armed = session.deadline();
+                    sleep.as_mut().reset(armed);
+                }
             }
         }
     }
@@ -199,29 +201,36 @@ fn handle<'a>(session: &'a mut Session, stream: &TcpStream, unit: Inbound) -> Re
 }
 
 /// Outbox → socket, one write per batch. Returns why the connection ends.
-async fn write_loop(member: &Member, stats: &Stats, stream: &TcpStream, encoder: &impl Encode, transport: &'static str) -> CloseReason {
-    loop {
-        let out = match poll_fn(|cx| member.outbox.poll_next_batch(cx)).await {
-            Batch::Items(items) => {
-                let mut out = BytesMut::new();
-                encoder.encode(&items, &mut out);
-                out
-            }
-            Batch::Closed(reason) => return reason,
-        };
-        stats.writes.fetch_add(1, Ordering::Relaxed);
-        let written = match stream.try_write(&out) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                debug!(conn = member.id, transport, error = %e, "write failed");
-                return CloseReason::ClientGone;
-            }
-        };
-        if written < out.len() {
-            // The client is not keeping up: wait for it in a boxed future of its own.
-            if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox)).await {
-                return reason;
+fn write_loop<'a>(
+    member: &'a Member,
+    stats: &'a Stats,
+    stream: &'a TcpStream,
+    encoder: &'a impl Encode,
+) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
+    async move {
+        loop {
+            let out = match poll_fn(|cx| member.outbox.poll_next_batch(cx)).await {
+                Batch::Items(items) => {
+                    let mut out = BytesMut::new();
+                    encoder.encode(&items, &mut out);
+                    out
+                }
+                Batch::Closed(reason) => return reason,
+            };
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            let written = match stream.try_write(&out) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    debug!(conn = member.id, error = %e, "write failed");
+                    return CloseReason::ClientGone;
+                }
+            };
+            if written < out.len() {
+                // The client is not keeping up: wait for it in a boxed future of its own.
+                if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox)).await {
+                    return reason;
+                }
             }
         }
     }
