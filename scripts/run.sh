@@ -17,10 +17,14 @@ RUN=.state/run
 LOGS=.state/logs
 mkdir -p "$RUN" "$LOGS"
 
-if [[ -f $RUN/nats-server.pid ]] && kill -0 "$(cat "$RUN/nats-server.pid")" 2>/dev/null; then
-  echo "already running (pid $(cat "$RUN/nats-server.pid")); use 'make stop' first" >&2
-  exit 1
-fi
+# Also refuses while `make run-cluster` runs (same ports).
+for f in "$RUN"/*.pid; do
+  [[ -f $f ]] || continue
+  if kill -0 "$(cat "$f")" 2>/dev/null; then
+    echo "already running ($(basename "$f" .pid), pid $(cat "$f")); use 'make stop' first" >&2
+    exit 1
+  fi
+done
 
 pids=()
 cleanup() {

