@@ -1,0 +1,5 @@
+#![no_main]
+//! See fuzz/README.md and `goim_fuzz::token_props::token_verify` for the input format and the properties checked.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| goim_fuzz::token_props::token_verify(data));
