@@ -245,6 +245,10 @@ pub struct CalloutReplica {
     task: Option<JoinHandle<()>>,
     client: Option<async_nats::Client>,
     pub stats: Arc<CalloutStats>,
+    /// Its connection name and the server's monitoring port: `stop` waits until the server has let
+    /// the connection go, so no auth request is routed to a replica that no longer answers.
+    name: String,
+    monitor_port: u16,
 }
 
 impl CalloutReplica {
@@ -259,18 +263,35 @@ impl CalloutReplica {
             assert!(Instant::now() < deadline, "callout replica {name} did not subscribe to {AUTH_SUBJECT}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        CalloutReplica { task: Some(task), client: Some(client), stats }
+        CalloutReplica { task: Some(task), client: Some(client), stats, name, monitor_port: nats.monitor_port() }
     }
 
     /// Stop this replica: its task ends and its connection closes.
+    ///
+    /// The connection goes first (drained: its subscription is removed at the server) and the task,
+    /// which still answers what reaches it meanwhile, only once the server no longer lists the
+    /// connection: stopping the task first left a window in which the server could pick this replica
+    /// for a connect nobody would answer.
     pub async fn stop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.drain().await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.connected().await {
+                assert!(Instant::now() < deadline, "callout replica {} still connected 5 s after drain", self.name);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
         }
-        if let Some(c) = self.client.take() {
-            let _ = c.drain().await;
-        }
+    }
+
+    /// Whether the server still lists this replica's connection (`/connz`).
+    async fn connected(&self) -> bool {
+        let (status, body) = crate::nats::http_get(self.monitor_port, "/connz?limit=10000").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status != 200 || v["connections"].as_array().into_iter().flatten().any(|c| c["name"] == self.name.as_str())
     }
 }
 
