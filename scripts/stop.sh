@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make stop` / `make stop-cluster`: stop what scripts/run.sh or scripts/run-cluster.sh started, by
-# their pid files: edges first, then authsvc and history, then the nats-server node(s).
+# their pid files: the chatbot and edges first, then authsvc and history, then the nats-server node(s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 found=0
 shopt -s nullglob
-for f in .state/run/goim-edge*.pid .state/run/goim-authsvc.pid .state/run/goim-history.pid .state/run/nats-server*.pid; do
+for f in .state/run/goim-chatbot.pid .state/run/goim-edge*.pid .state/run/goim-authsvc.pid .state/run/goim-history.pid .state/run/nats-server*.pid; do
   [[ -f $f ]] || continue
   pid=$(cat "$f")
   if kill "$pid" 2>/dev/null; then

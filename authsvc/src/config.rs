@@ -46,6 +46,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Share the port with other replicas on the host (SO_REUSEPORT).
     pub reuse_port: bool,
+    /// URL path of the browser demo page (`web/demo/`, compiled in), e.g. `/demo/`; empty (the
+    /// default) serves no page. Development aid: the page asks for a backend API key to mint tokens.
+    pub demo_path: String,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +59,7 @@ impl Default for HttpConfig {
             api_key_files: Vec::new(),
             max_body_bytes: 64 * 1024,
             reuse_port: true,
+            demo_path: String::new(),
         }
     }
 }
@@ -254,6 +258,19 @@ impl Config {
             return invalid("callout.enabled needs callout.issuer_seed_file".into());
         }
         self.logic.validate(&self.presence).map_err(ConfigError::Invalid)?;
+        let demo = &self.http.demo_path;
+        if !demo.is_empty() {
+            let reserved = ["/auth/", "/goim/", "/healthz/"].iter().any(|r| demo.starts_with(r) || *r == demo);
+            let clean = demo.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+                && !demo.contains("//")
+                && !demo.contains("/.");
+            if demo == "/" || !demo.starts_with('/') || !demo.ends_with('/') || reserved || !clean {
+                return invalid(format!(
+                    "http.demo_path = {demo:?}: must be a path like \"/demo/\" (starts and ends with '/', \
+                     letters, digits, '-', '_', '.'; not under /auth/ or /goim/)"
+                ));
+            }
+        }
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid(format!("http.listen = {:?} is not an ip:port", self.http.listen));
         }
@@ -283,6 +300,7 @@ mod tests {
         let d = Config::default();
         assert_eq!(c.http.listen, d.http.listen);
         assert_eq!(c.http.max_body_bytes, d.http.max_body_bytes);
+        assert_eq!(c.http.demo_path, d.http.demo_path);
         assert_eq!(c.tokens.default_ttl_secs, d.tokens.default_ttl_secs);
         assert_eq!(c.tokens.max_ttl_secs, d.tokens.max_ttl_secs);
         assert_eq!(c.tokens.leeway_secs, d.tokens.leeway_secs);
@@ -312,6 +330,19 @@ mod tests {
         assert_eq!(c.mode, RunMode::Dev);
         assert!(c.callout.enabled);
         assert_eq!(c.callout.nats_user, "callout");
+        assert_eq!(c.http.demo_path, "/demo/");
+    }
+
+    #[test]
+    fn demo_path_must_be_a_plain_folder_path() {
+        for ok in ["/demo/", "/dev/demo/", "/a-b_c.1/"] {
+            let c = Config::parse(&format!("[http]\ndemo_path = {ok:?}\n{MIN}")).unwrap();
+            assert_eq!(c.http.demo_path, ok);
+        }
+        for bad in ["/", "demo/", "/demo", "/auth/", "/goim/demo/", "/a//b/", "/../x/", "/a b/", "/healthz/"] {
+            let e = Config::parse(&format!("[http]\ndemo_path = {bad:?}\n{MIN}")).unwrap_err().to_string();
+            assert!(e.contains("demo_path"), "{bad}: {e}");
+        }
     }
 
     #[test]

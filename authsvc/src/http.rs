@@ -1,13 +1,16 @@
 //! authsvc's HTTP API on goim logic's port: `POST /auth/token` (mint, for backends holding an API
 //! key), `GET /auth/keys` (the public token keys as JWKS) and `GET /healthz`. Errors use goim's shape
 //! `{"code": -400|-401|-403|-404|-500, "message": "..."}` with the matching HTTP status.
+//!
+//! With `http.demo_path` set (the dev config: `/demo/`) it also serves the browser demo page
+//! (`web/demo/`, [`demo_router`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -66,4 +69,50 @@ async fn mint(State(state): State<Arc<AuthState>>, headers: HeaderMap, body: Byt
 
 async fn keys(State(state): State<Arc<AuthState>>) -> Response {
     Json(state.jwks()).into_response()
+}
+
+/// The browser demo page (`web/demo/` of the repository), compiled into the binary: the page always
+/// matches the binary that serves it, nothing depends on the working directory, and authsvc has no
+/// file-serving code (no path to traverse) — the router knows exactly these files.
+const DEMO_FILES: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("../../web/demo/index.html")),
+    ("goim.js", "text/javascript; charset=utf-8", include_str!("../../web/demo/goim.js")),
+    ("demo.js", "text/javascript; charset=utf-8", include_str!("../../web/demo/demo.js")),
+];
+
+/// Same-origin scripts and styles only; the page connects to authsvc (same origin) and to an edge's
+/// WebSocket anywhere.
+const DEMO_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; \
+                        img-src 'self' data:; frame-ancestors 'none'";
+
+/// `GET <path>` (the page), `<path>index.html`, `<path>goim.js`, `<path>demo.js`, and `<path>`
+/// without its trailing slash redirecting to it. `path` starts and ends with `/` (config-validated).
+pub fn demo_router(path: &str) -> Router {
+    let mut router = Router::new();
+    for &(name, content_type, body) in DEMO_FILES {
+        let serve = move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "no-store"),
+                    (header::CONTENT_SECURITY_POLICY, DEMO_CSP),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                body,
+            )
+        };
+        router = router.route(&format!("{path}{name}"), get(serve));
+        if name == "index.html" {
+            router = router.route(path, get(serve));
+        }
+    }
+    let bare = path.trim_end_matches('/');
+    if !bare.is_empty() {
+        let target = path.to_string();
+        router = router.route(
+            bare,
+            get(move || async move { (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, target)]) }),
+        );
+    }
+    router
 }

@@ -94,6 +94,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         let listener = bind(&cfg.http.listen, cfg.http.reuse_port)?;
         let addr = listener.local_addr().ok();
         let mut app = http::router(state.clone(), cfg.http.max_body_bytes);
+        if !cfg.http.demo_path.is_empty() {
+            info!(path = %cfg.http.demo_path, "serving the browser demo page (development aid)");
+            app = app.merge(http::demo_router(&cfg.http.demo_path));
+        }
         if cfg.logic.enabled {
             let logic = logic::start(&cfg.logic, &cfg.presence, &cfg.nats, client.clone()).await.map_err(StartError::Logic)?;
             app = app.merge(logic::router(logic));

