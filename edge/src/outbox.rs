@@ -48,6 +48,9 @@ struct State {
     items: VecDeque<Outgoing>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// Until the auth reply is queued ([`Outbox::open_with`]) the writer takes nothing: a push for a
+    /// subject joined during the auth must not reach the client before its op 8.
+    open: bool,
 }
 
 /// See the module docs. Small on purpose (one per connection): an idle outbox holds no heap memory.
@@ -125,6 +128,27 @@ impl Outbox {
         }
     }
 
+    /// Queue `first` ahead of everything queued so far and let the writer take what is queued: the
+    /// auth reply, which must precede any push.
+    pub fn open_with(&self, first: Outgoing) -> Result<(), CloseReason> {
+        let mut st = self.lock();
+        if let Some(reason) = st.closed {
+            return Err(reason);
+        }
+        st.bytes += first.len();
+        st.items.push_front(first);
+        st.open = true;
+        drop(st);
+        self.writer.wake();
+        Ok(())
+    }
+
+    /// Let the writer take what is queued, with nothing put first.
+    pub fn open(&self) {
+        self.lock().open = true;
+        self.writer.wake();
+    }
+
     /// Close the outbox; the first reason wins. Queued items are discarded: the connection is going.
     pub fn close(&self, reason: CloseReason) -> CloseReason {
         let mut st = self.lock();
@@ -169,7 +193,7 @@ impl Outbox {
         if let Some(reason) = st.closed {
             return Poll::Ready(Batch::Closed(reason));
         }
-        if st.items.is_empty() {
+        if st.items.is_empty() || !st.open {
             return Poll::Pending;
         }
         st.bytes = 0;
@@ -193,6 +217,7 @@ mod tests {
     #[tokio::test]
     async fn batches_everything_queued_in_order() {
         let o = Outbox::new(1024);
+        o.open();
         o.push(Outgoing::Push(Bytes::from_static(b"a"))).unwrap();
         o.push(Outgoing::Reply(Bytes::from_static(b"bb"))).unwrap();
         assert_eq!(o.queued_bytes(), 3);
@@ -223,6 +248,7 @@ mod tests {
     #[tokio::test]
     async fn writer_wakes_on_push() {
         let o = std::sync::Arc::new(Outbox::new(100));
+        o.open();
         let o2 = o.clone();
         let writer = tokio::spawn(async move { o2.next_batch().await });
         tokio::task::yield_now().await;
@@ -233,6 +259,7 @@ mod tests {
     #[tokio::test]
     async fn paced_push_waits_for_the_writer_instead_of_overflowing() {
         let o = std::sync::Arc::new(Outbox::new(100));
+        o.open();
         let item = || Outgoing::Push(Bytes::from(vec![0u8; 30]));
         // More than half full after each push: every further paced push waits for the writer.
         let o2 = o.clone();
@@ -250,6 +277,24 @@ mod tests {
         }
         pusher.await.unwrap();
         assert_eq!(o.closed_reason(), None, "300 bytes went through a 100-byte bound");
+    }
+
+    #[tokio::test]
+    async fn nothing_goes_out_before_the_auth_reply_which_goes_first() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        o.push(Outgoing::Push(Bytes::from_static(b"early"))).unwrap();
+        let o2 = o.clone();
+        let writer = tokio::spawn(async move { o2.next_batch().await });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "the writer took a push before the auth reply");
+        o.open_with(Outgoing::Reply(Bytes::from_static(b"op8"))).unwrap();
+        match writer.await.unwrap() {
+            Batch::Items(items) => {
+                assert!(matches!(&items[0], Outgoing::Reply(b) if b.as_ref() == b"op8"));
+                assert!(matches!(&items[1], Outgoing::Push(b) if b.as_ref() == b"early"));
+            }
+            Batch::Closed(r) => panic!("closed: {r:?}"),
+        }
     }
 
     #[tokio::test]

@@ -348,7 +348,8 @@ impl Session {
         self.ctx.presence.conn_up(self.peer.ip());
         self.counted_online = true;
         self.deadline = Instant::now() + self.ctx.config.session.idle_timeout();
-        if let Flow::Close(reason) = self.reply(p.reply(op::AUTH_REPLY, Bytes::new())) {
+        // Op 8 goes out first, ahead of any push of the subjects joined above.
+        if let Err(reason) = self.member.outbox.open_with(Outgoing::Reply(p.reply(op::AUTH_REPLY, Bytes::new()).encode())) {
             return Flow::Close(reason);
         }
         if body.resume.is_none() {
