@@ -38,11 +38,31 @@ impl Default for HistoryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     /// This edge's id in kick notices and logs; empty = `<hostname>-<pid>-<random>`.
     pub id: String,
+    /// On SIGTERM/SIGINT: the listeners close at once, and the connected clients are let go evenly
+    /// over this many milliseconds (a WebSocket close 1001 "going away" or a TCP close), so they do
+    /// not all reconnect elsewhere at the same moment; the process exits at most
+    /// [`DRAIN_MARGIN`] later, whether or not the clients cooperate.
+    pub drain_ms: u64,
+}
+
+/// What the exit may take beyond `edge.drain_ms`: the last closes reaching their sockets.
+pub const DRAIN_MARGIN: Duration = Duration::from_millis(500);
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig { id: String::new(), drain_ms: 5_000 }
+    }
+}
+
+impl EdgeConfig {
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +257,20 @@ pub struct LimitsConfig {
     pub max_accepts: usize,
     /// Largest WebSocket message a client may send (goim parses only its first packet).
     pub max_ws_message_bytes: usize,
+    /// Open connections (authenticated or not) this edge holds; a connect beyond it is closed at
+    /// once (`closed.max_connections`). 0 = unlimited (the open-file limit still applies).
+    pub max_connections: usize,
+    /// New connections one client IP (an IPv6 /64) may open per second, with a burst of as many:
+    /// a token bucket per address, in a bounded table. Beyond it the connect is closed at once
+    /// (`closed.connect_rate`). 0 = unlimited (the default: clients behind one NAT or proxy share an
+    /// address).
+    pub connects_per_ip_per_sec: u32,
+    /// Packets (WebSocket messages, pings included) one connection may send per second (a fixed
+    /// one-second window); beyond it the connection is closed (`closed.packet_rate`). 0 = unlimited.
+    pub max_packets_per_sec: u32,
+    /// Connections that are not yet authenticated, WebSocket upgrades included, at the same time; a
+    /// connect beyond it is closed at once (`closed.max_handshakes`). 0 = unlimited.
+    pub max_handshakes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -247,6 +281,10 @@ impl Default for LimitsConfig {
             max_key_len: 256,
             max_accepts: 1024,
             max_ws_message_bytes: 16 * 1024,
+            max_connections: 0,
+            connects_per_ip_per_sec: 0,
+            max_packets_per_sec: 200,
+            max_handshakes: 10_000,
         }
     }
 }
@@ -390,6 +428,9 @@ impl Config {
         if self.auth.mode != AuthMode::TrustBody && self.auth.keys.is_empty() && !self.auth.keys_from_nats {
             return invalid("auth.mode needs token keys: set auth.keys or auth.keys_from_nats = true");
         }
+        if self.edge.drain_ms > 600_000 {
+            return invalid("edge.drain_ms must be at most 600000 (10 min)");
+        }
         if self.limits.max_ws_message_bytes < 16 {
             return invalid("limits.max_ws_message_bytes must be at least 16");
         }
@@ -434,6 +475,12 @@ mod tests {
         assert_eq!(c.limits.max_key_len, d.limits.max_key_len);
         assert_eq!(c.limits.max_accepts, d.limits.max_accepts);
         assert_eq!(c.limits.max_ws_message_bytes, d.limits.max_ws_message_bytes);
+        let (l, dl) = (&c.limits, &d.limits);
+        assert_eq!(
+            (l.max_connections, l.connects_per_ip_per_sec, l.max_packets_per_sec, l.max_handshakes),
+            (dl.max_connections, dl.connects_per_ip_per_sec, dl.max_packets_per_sec, dl.max_handshakes)
+        );
+        assert_eq!(c.edge.drain_ms, d.edge.drain_ms);
         assert_eq!(c.log.level, d.log.level);
         assert_eq!(c.auth.mode, d.auth.mode);
         assert_eq!(c.history.enabled, d.history.enabled);

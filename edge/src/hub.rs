@@ -313,6 +313,14 @@ impl Hub {
             .collect()
     }
 
+    /// This edge's members of `subject` (the drain at shutdown takes `broadcast`'s: every
+    /// authenticated connection).
+    pub fn members_of(&self, subject: &str) -> Vec<Arc<Member>> {
+        let Some(group) = self.lock_groups().get(subject).cloned() else { return Vec::new() };
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        members.values().cloned().collect()
+    }
+
     pub fn bridge(&self) -> &Bridge {
         &self.bridge
     }
@@ -656,6 +664,19 @@ impl Hub {
     /// resuming members get it through their held buffer.
     fn fan_out(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>) {
         let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        self.fan_out_to(group, &members, op, frame, stored);
+    }
+
+    /// A stored subject's message: fanned out and recorded (ring, last sequence) under one hold of
+    /// the members lock, so a member cannot enter (and start holding) between the two — it would get
+    /// the message neither live nor from its replay.
+    fn fan_out_stored(&self, group: &Group, seq: &Sequenced, prev: u64, stored: Stored) {
+        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+        self.fan_out_to(group, &members, stored.op, &stored.frame, Some((seq, &stored)));
+        seq.record(prev, stored);
+    }
+
+    fn fan_out_to(&self, group: &Group, members: &Members, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>) {
         let mut held = stored.map(|(seq, s)| (seq.held(), s));
         let mut delivered = 0u64;
         for member in members.values() {
@@ -866,8 +887,7 @@ impl Hub {
                 Ok(fetched) => {
                     let mut before = last;
                     for stored in fetched.messages.iter().filter(|s| s.seq > last) {
-                        self.fan_out(group, stored.op, &stored.frame, Some((seq, stored)));
-                        seq.record(before, stored.clone());
+                        self.fan_out_stored(group, seq, before, stored.clone());
                         before = stored.seq;
                     }
                 }
@@ -882,10 +902,12 @@ impl Hub {
                 // Fan out first, record after: a resume that misses this message in the ring is
                 // still holding, so the message reaches it through its held buffer.
                 match self.broadcast_rate(group, msg) {
-                    Some(rate) => self.fan_out_paced(group, stored.op, &stored.frame, Some((seq, &stored)), rate).await,
-                    None => self.fan_out(group, stored.op, &stored.frame, Some((seq, &stored))),
+                    Some(rate) => {
+                        self.fan_out_paced(group, stored.op, &stored.frame, Some((seq, &stored)), rate).await;
+                        seq.record(prev, stored);
+                    }
+                    None => self.fan_out_stored(group, seq, prev, stored),
                 }
-                seq.record(prev, stored);
             }
             None => {
                 self.stats.bad_push_op.fetch_add(1, Ordering::Relaxed);

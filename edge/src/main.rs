@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let edge = match goim_edge::server::start(config).await {
             Ok(edge) => edge,
             Err(e) => {
@@ -53,9 +53,18 @@ fn main() -> ExitCode {
         );
         tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
         goim_common::shutdown_signal().await;
-        edge.ctx.presence.withdraw().await;
-        let snapshot = edge.ctx.stats.snapshot(edge.ctx.hub.edge_id());
+        let ctx = edge.ctx.clone();
+        // The drain is bounded by edge.drain_ms; a second signal cuts it short.
+        tokio::select! {
+            () = edge.shutdown() => {}
+            () = goim_common::shutdown_signal() => tracing::warn!("second signal: exiting without finishing the drain"),
+        }
+        let snapshot = ctx.stats.snapshot(ctx.hub.edge_id());
         tracing::info!(stats = %serde_json::to_string(&snapshot).unwrap_or_default(), "final counters");
         ExitCode::SUCCESS
-    })
+    });
+    // Connection tasks still running (unauthenticated ones) are dropped with the runtime: their
+    // sockets close with the process. Nothing here waits on a client.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }

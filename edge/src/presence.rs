@@ -427,6 +427,8 @@ pub struct Presence {
     started_ms: u64,
     advertised: OnceLock<Advertised>,
     store: OnceLock<kv::Store>,
+    /// The reporting task, stopped by [`Presence::withdraw`] so that it cannot put the report back.
+    reporter: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Presence {
@@ -448,6 +450,7 @@ impl Presence {
             started_ms: unix_ms(),
             advertised: OnceLock::new(),
             store: OnceLock::new(),
+            reporter: OnceLock::new(),
         })
     }
 
@@ -459,6 +462,11 @@ impl Presence {
     pub fn conn_up(&self, ip: IpAddr) {
         self.conns.fetch_add(1, Ordering::Relaxed);
         *self.ips.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_default() += 1;
+    }
+
+    /// Authenticated live connections on this edge.
+    pub fn online(&self) -> u64 {
+        self.conns.load(Ordering::Relaxed)
     }
 
     /// An authenticated connection from `ip` ended.
@@ -536,7 +544,8 @@ impl Presence {
             }
         }
         let this = self.clone();
-        tokio::spawn(async move { this.run(client).await });
+        let reporter = tokio::spawn(async move { this.run(client).await });
+        let _ = self.reporter.set(reporter.abort_handle());
     }
 
     async fn run(self: Arc<Self>, client: async_nats::Client) {
@@ -649,6 +658,9 @@ impl Presence {
 
     /// Remove this edge's report at shutdown, so it leaves the lists at once (bounded).
     pub async fn withdraw(&self) {
+        if let Some(reporter) = self.reporter.get() {
+            reporter.abort();
+        }
         let Some(store) = self.store.get() else { return };
         let key = format!("{KEY_PREFIX}{}", self.edge_id);
         match tokio::time::timeout(Duration::from_secs(2), store.delete(&key)).await {

@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::access::Access;
 use crate::bridge::Bridge;
-use crate::config::Config;
+use crate::config::{Config, DRAIN_MARGIN};
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::session::Session;
 use crate::stats::{CloseReason, Stats};
+use crate::transport::admission::{self, Admit, ConnectRate};
 use crate::transport::serve;
 use crate::transport::tcp::{TcpDecoder, TcpEncoder};
 use crate::transport::ws::{self, WsDecoder, WsEncoder};
@@ -32,6 +34,10 @@ pub struct EdgeContext {
     pub next_conn_id: AtomicU64,
     /// Connection/room counts reported to the cluster and the cluster-wide view (op-3 counts).
     pub presence: Arc<Presence>,
+    /// When the edge started: the clock of the per-connection packet-rate windows.
+    pub started: Instant,
+    /// `limits.connects_per_ip_per_sec`.
+    pub connect_rate: ConnectRate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,8 @@ pub struct RunningEdge {
     pub ctx: Arc<EdgeContext>,
     pub tcp_addr: Option<SocketAddr>,
     pub ws_addr: Option<SocketAddr>,
+    /// The accept loops; each owns its listener, which closes when the task is aborted.
+    accept_loops: Vec<JoinHandle<()>>,
 }
 
 /// `<hostname>-<pid>-<random>`, restricted to subject-token characters.
@@ -102,14 +110,116 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
     let presence = Presence::new(&config, hub.clone());
     presence.start(hub.bridge(), tcp_addr, ws_addr).await;
-    let ctx = Arc::new(EdgeContext { config, hub, access, stats, next_conn_id: AtomicU64::new(1), presence });
+    let connect_rate = ConnectRate::new(config.limits.connects_per_ip_per_sec);
+    let ctx = Arc::new(EdgeContext {
+        config,
+        hub,
+        access,
+        stats,
+        next_conn_id: AtomicU64::new(1),
+        presence,
+        started: Instant::now(),
+        connect_rate,
+    });
+    let mut accept_loops = Vec::new();
     if let Some(listener) = tcp {
-        tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Tcp));
+        accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Tcp)));
     }
     if let Some(listener) = ws {
-        tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Ws));
+        accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Ws)));
     }
-    Ok(RunningEdge { ctx, tcp_addr, ws_addr })
+    Ok(RunningEdge { ctx, tcp_addr, ws_addr, accept_loops })
+}
+
+impl RunningEdge {
+    /// The graceful exit (SIGTERM/SIGINT): stop accepting (the listeners close, so a sibling edge on
+    /// the same SO_REUSEPORT port takes every new connect), withdraw the presence report, then let the
+    /// authenticated clients go evenly over `edge.drain_ms` with a close that goim clients know (TCP:
+    /// the socket closes; WebSocket: close 1001 "going away", then the socket closes), counted as
+    /// `shutdown`. Returns at most [`DRAIN_MARGIN`] after the drain bound, whatever the clients do;
+    /// connections still open then (unauthenticated ones, which no group holds) are counted as
+    /// `shutdown` and closed by the exit.
+    pub async fn shutdown(mut self) {
+        let ctx = &self.ctx;
+        let began = Instant::now();
+        let bound = ctx.config.edge.drain();
+        let spread_until = began + bound;
+        let hard_deadline = spread_until + DRAIN_MARGIN;
+        for task in self.accept_loops.drain(..) {
+            task.abort();
+            // Returns once the task is gone, and its listener with it.
+            let _ = task.await;
+        }
+        let online = ctx.presence.online();
+        info!(clients = online, drain_ms = ctx.config.edge.drain_ms, "shutting down: listeners closed, draining");
+        // Bounded: an unreachable NATS must not eat the drain.
+        let withdraw_bound = (bound / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        if tokio::time::timeout(withdraw_bound, ctx.presence.withdraw()).await.is_err() {
+            warn!(?withdraw_bound, "presence report not withdrawn in time; it expires by itself");
+        }
+        let drained = drain_clients(ctx, spread_until, hard_deadline).await;
+        // Whatever is still open goes with the process: counted here, as the tasks will not be.
+        let left = ctx.stats.connections.load(Ordering::Relaxed).max(0) as u64;
+        for _ in 0..left {
+            ctx.stats.closed(CloseReason::Shutdown);
+        }
+        info!(
+            drained,
+            closed_by_exit = left,
+            took_ms = began.elapsed().as_millis() as u64,
+            "drain complete"
+        );
+    }
+}
+
+/// Close every authenticated connection, spread evenly until `spread_until`, then those that
+/// authenticated meanwhile; wait (until `hard_deadline`) for their tasks to end. Returns how many
+/// were closed.
+async fn drain_clients(ctx: &EdgeContext, spread_until: Instant, hard_deadline: Instant) -> usize {
+    const TICK: Duration = Duration::from_millis(10);
+    let members = ctx.hub.members_of(crate::subjects::BROADCAST);
+    let start = Instant::now();
+    let spread = spread_until.saturating_duration_since(start);
+    let n = members.len();
+    let mut closed = 0;
+    let mut next = 0;
+    while next < n {
+        // Member i is due at start + spread × i / n: the first at once, the last just before the bound.
+        let elapsed = start.elapsed();
+        let due = if spread.is_zero() {
+            n
+        } else {
+            ((elapsed.as_nanos() * n as u128 / spread.as_nanos()) as usize + 1).min(n)
+        };
+        for member in &members[next..due.max(next)] {
+            if member.outbox.closed_reason().is_none() {
+                closed += 1;
+            }
+            member.outbox.close(CloseReason::Shutdown);
+        }
+        next = due.max(next);
+        if next < n {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+    // Latecomers (authenticated during the drain), then wait for the tasks to finish their closes.
+    loop {
+        for member in ctx.hub.members_of(crate::subjects::BROADCAST) {
+            if member.outbox.closed_reason().is_none() {
+                closed += 1;
+                member.outbox.close(CloseReason::Shutdown);
+            }
+        }
+        if ctx.presence.online() == 0 {
+            // The last tasks count their close right after leaving presence: let them.
+            tokio::time::sleep(TICK).await;
+            return closed;
+        }
+        if Instant::now() >= hard_deadline {
+            return closed;
+        }
+        tokio::time::sleep(TICK).await;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,11 +228,41 @@ enum Transport {
     Ws,
 }
 
+/// Whether a new connection from `peer` may come in, or the reason it is closed at once.
+fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Result<(), (CloseReason, String)> {
+    let limits = &ctx.config.limits;
+    match ctx.connect_rate.admit(peer.ip()) {
+        Admit::Yes => {}
+        Admit::No => return Err((CloseReason::ConnectRate, format!("over limits.connects_per_ip_per_sec = {}", limits.connects_per_ip_per_sec))),
+        Admit::Untracked => {
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| warn!(max = admission::MAX_TRACKED_IPS, "connect-rate table full of active addresses: new addresses are admitted untracked"));
+        }
+    }
+    let open = ctx.stats.connections.load(Ordering::Relaxed).max(0) as u64;
+    if limits.max_connections > 0 && open >= limits.max_connections as u64 {
+        return Err((CloseReason::MaxConnections, format!("limits.max_connections = {} reached", limits.max_connections)));
+    }
+    // Open minus authenticated: the handshakes in progress (WebSocket upgrades included).
+    let handshakes = open.saturating_sub(ctx.presence.online());
+    if limits.max_handshakes > 0 && handshakes >= limits.max_handshakes as u64 {
+        return Err((CloseReason::MaxHandshakes, format!("limits.max_handshakes = {} reached", limits.max_handshakes)));
+    }
+    Ok(())
+}
+
 async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Transport) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let accepted_at = Instant::now();
+                if let Err((reason, detail)) = admit(&ctx, peer) {
+                    // Closed at once: nothing read, nothing written, no task.
+                    drop(stream);
+                    ctx.stats.closed(reason);
+                    ctx.stats.log_close(reason, 0, Some(peer), &detail);
+                    continue;
+                }
                 ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let ctx = ctx.clone();
                 // One task type per transport: a task's memory is the size of its future, and a TCP
@@ -172,6 +312,8 @@ async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
         outcome => {
             let reason = match outcome {
                 Err(_) => CloseReason::HandshakeTimeout,
+                // The client went away mid-request: not a protocol error.
+                Ok(Err(ws::UpgradeError::Closed | ws::UpgradeError::Io(_))) => CloseReason::ClientGone,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "websocket upgrade failed");
                     CloseReason::ProtocolError
@@ -180,6 +322,9 @@ async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
             };
             ctx.stats.closed(reason);
             ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            if reason != CloseReason::ClientGone {
+                ctx.stats.log_close(reason, 0, Some(peer), "websocket upgrade");
+            }
             return;
         }
     };

@@ -2,6 +2,8 @@
 //! They are plain atomics, read by the stats responder (`ctl.stats.<edge id>` on NATS) and logged at exit.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -31,12 +33,20 @@ pub enum CloseReason {
     TokenExpired,
     /// Delegated mode: authsvc did not answer in time.
     AuthUnavailable,
-    /// The edge is shutting down.
+    /// The edge is shutting down (drained on SIGTERM/SIGINT, or still open at the exit).
     Shutdown,
+    /// Refused at accept: the edge already held `limits.max_connections` connections.
+    MaxConnections,
+    /// Refused at accept: the client's address exceeded `limits.connects_per_ip_per_sec`.
+    ConnectRate,
+    /// The client sent more than `limits.max_packets_per_sec` packets in one second.
+    PacketRate,
+    /// Refused at accept: `limits.max_handshakes` connections were already unauthenticated.
+    MaxHandshakes,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::ClientGone,
         CloseReason::HandshakeTimeout,
         CloseReason::IdleTimeout,
@@ -49,6 +59,10 @@ impl CloseReason {
         CloseReason::TokenExpired,
         CloseReason::AuthUnavailable,
         CloseReason::Shutdown,
+        CloseReason::MaxConnections,
+        CloseReason::ConnectRate,
+        CloseReason::PacketRate,
+        CloseReason::MaxHandshakes,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,7 +79,25 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::AuthUnavailable => "auth_unavailable",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::MaxConnections => "max_connections",
+            CloseReason::ConnectRate => "connect_rate",
+            CloseReason::PacketRate => "packet_rate",
+            CloseReason::MaxHandshakes => "max_handshakes",
         }
+    }
+
+    /// Reasons a hostile or broken client can cause by the thousand: logged through
+    /// [`Stats::log_close`]'s gate, at most once per [`LOG_GATE`] per reason, not per connection.
+    pub fn is_flood_prone(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ProtocolError
+                | CloseReason::HandshakeTimeout
+                | CloseReason::MaxConnections
+                | CloseReason::ConnectRate
+                | CloseReason::PacketRate
+                | CloseReason::MaxHandshakes
+        )
     }
 
     fn index(self) -> usize {
@@ -107,11 +139,71 @@ pub struct Stats {
     pub recovery_failed: AtomicU64,
     /// Tokens refused at auth or refresh, by reason (`expired`, `bad_signature`, …).
     denied: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Per close reason: when it was last logged, and how many closes were not logged since.
+    gates: [LogGate; CloseReason::ALL.len()],
+}
+
+/// How often a flood-prone close reason is logged at most (with the count of those not logged).
+pub const LOG_GATE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct LogGate {
+    /// Milliseconds since [`log_epoch`] + 1 of the last logged close; 0 = never.
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+fn log_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl LogGate {
+    /// `Some(closes not logged since the last line)` if a line may be written now.
+    fn pass(&self) -> Option<u64> {
+        self.pass_at(log_epoch().elapsed().as_millis() as u64 + 1)
+    }
+
+    /// [`LogGate::pass`] at `now` (milliseconds since the epoch + 1).
+    fn pass_at(&self, now: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let gate = LOG_GATE.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < gate {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // One winner per gate period among concurrent closers.
+        if self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Stats {
     pub fn closed(&self, reason: CloseReason) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Log a close of `reason` (already counted): flood-prone reasons at most once per [`LOG_GATE`],
+    /// with how many went unlogged in between; `detail` says what was exceeded or seen.
+    pub fn log_close(&self, reason: CloseReason, conn: u64, peer: Option<std::net::SocketAddr>, detail: &str) {
+        if !reason.is_flood_prone() {
+            tracing::info!(conn, ?peer, %reason, detail, "connection closed");
+            return;
+        }
+        let Some(unlogged) = self.gates[reason.index()].pass() else { return };
+        tracing::warn!(
+            conn,
+            ?peer,
+            %reason,
+            detail,
+            unlogged_since_last = unlogged,
+            total = self.closed_count(reason),
+            "connection closed (logged at most once per {}s per reason)",
+            LOG_GATE.as_secs()
+        );
     }
 
     pub fn closed_count(&self, reason: CloseReason) -> u64 {
@@ -177,4 +269,37 @@ pub struct Snapshot {
     pub subjects: usize,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_name_and_a_counter() {
+        let names: std::collections::BTreeSet<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), CloseReason::ALL.len());
+        let stats = Stats::default();
+        for r in CloseReason::ALL {
+            stats.closed(r);
+        }
+        stats.closed(CloseReason::PacketRate);
+        let snap = stats.snapshot("e");
+        assert_eq!(snap.closed["packet_rate"], 2);
+        assert_eq!(snap.closed["max_connections"], 1);
+        assert_eq!(snap.closed.len(), CloseReason::ALL.len());
+    }
+
+    #[test]
+    fn the_log_gate_lets_one_line_through_per_period() {
+        let gate = LogGate::default();
+        let period = LOG_GATE.as_millis() as u64;
+        assert_eq!(gate.pass_at(5), Some(0), "the first close is logged");
+        for t in 0..1000 {
+            assert_eq!(gate.pass_at(5 + t), None);
+        }
+        assert_eq!(gate.pass_at(5 + period - 1), None);
+        assert_eq!(gate.pass_at(5 + period), Some(1001), "the next line counts the closes not logged");
+        assert_eq!(gate.pass_at(6 + period), None);
+    }
 }

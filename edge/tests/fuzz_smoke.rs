@@ -16,7 +16,10 @@ use edge_props::*;
 use goim_edge::protocol::{op, raw, Packet, HEADER_LEN, MAX_BODY_LEN};
 use proptest::prelude::*;
 
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A fuzz target: its name (the corpus folder) and its property.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 5] = [
     ("packet_stream", packet_stream),
     ("packet_frame", packet_frame),
     ("ws_message", ws_message),

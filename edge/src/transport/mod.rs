@@ -10,7 +10,11 @@
 //! the task waits through readiness polls (the wakers live in the socket's and the outbox's own
 //! slots), holds no read or write buffer between packets, and runs anything that waits on NATS
 //! (auth, room changes) and a write the client is too slow to take in boxed futures of their own.
+//! The limits add one thing per connection: the inbound packet counter of
+//! `limits.max_packets_per_sec` (two `u32`s in the read loop, [`admission::PacketRate`]); the other
+//! limits are checked at accept, in shared state.
 
+pub mod admission;
 pub mod tcp;
 pub mod ws;
 
@@ -22,8 +26,9 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::sleep_until;
-use tracing::{debug, info};
+use tracing::debug;
 
+use self::admission::PacketRate;
 use crate::hub::Member;
 use crate::outbox::{Batch, Outbox, Outgoing};
 use crate::protocol::websocket::FrameError;
@@ -66,6 +71,13 @@ pub trait Decode: Send {
 pub trait Encode: Send + Sync {
     /// Append everything in `items`, in order, to `out`: the bytes of one socket write.
     fn encode(&self, items: &VecDeque<Outgoing>, out: &mut BytesMut);
+
+    /// What to write, if anything, before the socket is closed for `reason` (a WebSocket close frame
+    /// 1001 at shutdown); only written between whole frames.
+    fn farewell(&self, reason: CloseReason) -> Option<Bytes> {
+        let _ = reason;
+        None
+    }
 }
 
 /// Run `session` over one connection until it ends, then clean up and count the reason. `inbuf`
@@ -103,15 +115,21 @@ pub fn serve(
         ctx.stats.closed(reason);
         ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
         match reason {
-            CloseReason::ClientGone => debug!(conn = member.id, transport, %reason, "connection closed"),
+            // The drain logs its own summary.
+            CloseReason::ClientGone | CloseReason::Shutdown => debug!(conn = member.id, transport, %reason, "connection closed"),
             CloseReason::SlowConsumer => tracing::warn!(conn = member.id, transport, %reason, limit = ctx.config.limits.max_outbound_bytes, "client too slow: disconnected"),
-            _ => info!(conn = member.id, transport, %reason, "connection closed"),
+            CloseReason::PacketRate => {
+                let detail = format!("over limits.max_packets_per_sec = {} ({transport})", ctx.config.limits.max_packets_per_sec);
+                ctx.stats.log_close(reason, member.id, None, &detail);
+            }
+            _ => ctx.stats.log_close(reason, member.id, None, transport),
         }
     }
 }
 
 /// Socket → session, packet by packet, under the session's deadline. Returns why the connection ends.
 /// (A `fn` returning `async move`, like [`serve`], so that its arguments are stored once.)
+#[allow(clippy::manual_async_fn)] // deliberate, see above: an `async fn` would store them twice
 fn read_loop<'a>(
     session: &'a mut Session,
     stream: &'a TcpStream,
@@ -119,6 +137,7 @@ fn read_loop<'a>(
     decoder: &'a mut impl Decode,
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
     async move {
+        let mut rate = PacketRate::default();
         let mut armed = session.deadline();
         let sleep = sleep_until(armed);
         tokio::pin!(sleep);
@@ -127,13 +146,15 @@ fn read_loop<'a>(
             loop {
                 let waiting = match decoder.decode(inbuf) {
                     Ok(None) => break,
+                    Ok(Some(_)) if !within_rate(session, &mut rate) => return CloseReason::PacketRate,
                     Ok(Some(unit)) => match handle(session, stream, unit) {
                         Ok(Flow::Continue) => continue,
                         Ok(Flow::Close(reason)) => return reason,
                         Err(waiting) => waiting,
                     },
                     Err(e) => {
-                        info!(conn = session.member().id, error = %e, "closing without reply");
+                        // Counted, and logged at a bounded rate, by `serve`: garbage comes by the thousand.
+                        debug!(conn = session.member().id, error = %e, "closing without reply");
                         return CloseReason::ProtocolError;
                     }
                 };
@@ -174,6 +195,13 @@ fn read_loop<'a>(
     }
 }
 
+/// Count one inbound unit against `limits.max_packets_per_sec`.
+fn within_rate(session: &Session, rate: &mut PacketRate) -> bool {
+    let ctx = session.context();
+    let now_secs = ctx.started.elapsed().as_secs() as u32;
+    rate.allow(now_secs, ctx.config.limits.max_packets_per_sec)
+}
+
 /// A request that waits (auth, room change, NATS round trips), boxed: the connection's future stays
 /// small while idle, which is most of the time.
 type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + Send + 'a>>;
@@ -201,6 +229,7 @@ fn handle<'a>(session: &'a mut Session, stream: &TcpStream, unit: Inbound) -> Re
 }
 
 /// Outbox → socket, one write per batch. Returns why the connection ends.
+#[allow(clippy::manual_async_fn)] // as `read_loop`: arguments stored once
 fn write_loop<'a>(
     member: &'a Member,
     stats: &'a Stats,
@@ -215,7 +244,13 @@ fn write_loop<'a>(
                     encoder.encode(&items, &mut out);
                     out
                 }
-                Batch::Closed(reason) => return reason,
+                Batch::Closed(reason) => {
+                    // Between whole frames here (an interrupted write ends in `write_rest`).
+                    if let Some(farewell) = encoder.farewell(reason) {
+                        let _ = stream.try_write(&farewell);
+                    }
+                    return reason;
+                }
             };
             stats.writes.fetch_add(1, Ordering::Relaxed);
             let written = match stream.try_write(&out) {

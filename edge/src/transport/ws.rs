@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{Decode, Encode, FramingError, Inbound};
 use crate::outbox::Outgoing;
+use crate::stats::CloseReason;
 use crate::protocol::websocket::{self, Message, OP_BINARY, OP_CLOSE, OP_PONG};
 use crate::protocol::{decode_frame, raw, HEADER_LEN};
 
@@ -183,7 +184,23 @@ impl Encode for WsEncoder {
             }
         }
     }
+
+    /// At shutdown: close 1001 "going away" (RFC 6455 §7.4.1), as a browser expects from a server
+    /// that goes down; every other close is goim's, without a frame.
+    fn farewell(&self, reason: CloseReason) -> Option<Bytes> {
+        (reason == CloseReason::Shutdown).then(going_away)
+    }
 }
+
+/// The close frame sent at shutdown: code 1001, reason "going away".
+pub fn going_away() -> Bytes {
+    let mut payload = GOING_AWAY.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"going away");
+    websocket::frame(OP_CLOSE, &payload)
+}
+
+/// WebSocket close code 1001: the endpoint is going away (a server going down).
+pub const GOING_AWAY: u16 = 1001;
 
 #[cfg(test)]
 mod tests {
@@ -211,6 +228,17 @@ mod tests {
         let rest = &out[2 + HEADER_LEN + inner..];
         assert_eq!((rest[0], rest[1] as usize), (0x82, reply.len()));
         assert_eq!(&rest[2..], &reply[..]);
+    }
+
+    #[test]
+    fn shutdown_says_going_away() {
+        let frame = WsEncoder.farewell(CloseReason::Shutdown).unwrap();
+        assert_eq!(frame[0], 0x88, "FIN + close");
+        assert_eq!(frame[1] as usize, 2 + "going away".len());
+        assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1001);
+        assert_eq!(&frame[4..], b"going away");
+        assert!(WsEncoder.farewell(CloseReason::Kicked).is_none());
+        assert!(crate::transport::tcp::TcpEncoder.farewell(CloseReason::Shutdown).is_none(), "TCP: just the close");
     }
 
     #[test]
