@@ -755,15 +755,34 @@ impl Hub {
     /// [`Hub::fan_out`] spread over time: the members present now (that accept the op) are reached
     /// at `rate` connections per second, the first at once. Runs in the subject's own task, so later
     /// messages of the subject wait (their order is kept) and other subjects are not held up.
-    async fn fan_out_paced(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>, rate: u64) {
-        let members: Vec<Arc<Member>> = group
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|m| m.accepts(op))
-            .cloned()
-            .collect();
+    async fn fan_out_paced(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, u64, &Stored)>, rate: u64) {
+        // Under the members lock, at once: the members to reach, and for a stored message its
+        // recording and its copies for members still resuming (their held buffers). A member that
+        // joins later finds it in the ring; one that is resuming now gets it after its replay, unless
+        // the replay already had it — exactly once either way, however long the pacing takes.
+        let members: Vec<Arc<Member>> = {
+            let members = group.members.read().unwrap_or_else(|p| p.into_inner());
+            let accepting = members.values().filter(|m| m.accepts(op));
+            match stored {
+                None => accepting.cloned().collect(),
+                Some((seq, prev, s)) => {
+                    let mut held = seq.held();
+                    let live: Vec<Arc<Member>> = accepting
+                        .filter(|m| {
+                            let holding = held.contains_key(&m.id);
+                            if holding {
+                                self.offer(group, m, frame, Some((&mut *held, s)));
+                            }
+                            !holding
+                        })
+                        .cloned()
+                        .collect();
+                    drop(held);
+                    seq.record(prev, s.clone());
+                    live
+                }
+            }
+        };
         debug!(members = members.len(), rate, "paced broadcast");
         let start = tokio::time::Instant::now();
         let mut delivered = 0u64;
@@ -772,9 +791,7 @@ impl Hub {
             if due > tokio::time::Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
-            let mut held = stored.map(|(seq, s)| (seq.held(), s));
-            let held = held.as_mut().map(|(guard, s)| (&mut **guard, *s));
-            if self.offer(group, member, frame, held) {
+            if self.offer(group, member, frame, None) {
                 delivered += 1;
             }
         }
@@ -899,13 +916,11 @@ impl Hub {
         }
         match history.stored(seq.class, this, msg.headers.as_ref(), &msg.payload) {
             Some(stored) => {
-                // Fan out first, record after: a resume that misses this message in the ring is
-                // still holding, so the message reaches it through its held buffer.
+                // Fanned out and recorded under one hold of the members lock (paced: the recording
+                // and the resuming members' copies at once, the rest over time): a member that is
+                // resuming gets it either from the ring or through its held buffer, never neither.
                 match self.broadcast_rate(group, msg) {
-                    Some(rate) => {
-                        self.fan_out_paced(group, stored.op, &stored.frame, Some((seq, &stored)), rate).await;
-                        seq.record(prev, stored);
-                    }
+                    Some(rate) => self.fan_out_paced(group, stored.op, &stored.frame, Some((seq, prev, &stored)), rate).await,
                     None => self.fan_out_stored(group, seq, prev, stored),
                 }
             }
