@@ -78,6 +78,11 @@ pub struct ListenConfig {
     pub reuse_port: bool,
     /// Listen backlog.
     pub backlog: u32,
+    /// HTTP transports (SSE downstream, POST upstream; `crate::transport::http`), e.g.
+    /// "0.0.0.0:3104"; empty string (the default) disables them.
+    pub http: String,
+    /// Origins allowed to call the HTTP transports from a browser (CORS); `"*"` = any; empty = none.
+    pub http_cors_origins: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -88,6 +93,8 @@ impl Default for ListenConfig {
             ws_path: "/sub".into(),
             reuse_port: true,
             backlog: 4096,
+            http: String::new(),
+            http_cors_origins: Vec::new(),
         }
     }
 }
@@ -393,7 +400,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        for (name, addr) in [("listen.tcp", &self.listen.tcp), ("listen.ws", &self.listen.ws)] {
+        for (name, addr) in [("listen.tcp", &self.listen.tcp), ("listen.ws", &self.listen.ws), ("listen.http", &self.listen.http)] {
             if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
                 return Err(ConfigError::Invalid(format!("{name} = {addr:?} is not an ip:port")));
             }
@@ -464,6 +471,7 @@ mod tests {
         let d = Config::default();
         assert_eq!(c.listen.tcp, d.listen.tcp);
         assert_eq!(c.listen.ws, d.listen.ws);
+        assert_eq!((&c.listen.http, &c.listen.http_cors_origins), (&d.listen.http, &d.listen.http_cors_origins));
         assert_eq!(c.session.idle_timeout_ms, d.session.idle_timeout_ms);
         assert_eq!(c.session.handshake_timeout_ms, d.session.handshake_timeout_ms);
         assert_eq!(c.nats.urls, d.nats.urls);

@@ -55,6 +55,8 @@ pub struct RunningEdge {
     pub ctx: Arc<EdgeContext>,
     pub tcp_addr: Option<SocketAddr>,
     pub ws_addr: Option<SocketAddr>,
+    /// The HTTP transports' listener (`listen.http`), if enabled.
+    pub http_addr: Option<SocketAddr>,
     /// The accept loops; each owns its listener, which closes when the task is aborted.
     accept_loops: Vec<JoinHandle<()>>,
 }
@@ -108,6 +110,13 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     };
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+    // HTTP transports (SSE + POST), off unless listen.http is set.
+    let http = if config.listen.http.is_empty() {
+        None
+    } else {
+        Some(bind(&config.listen.http, config.listen.reuse_port, config.listen.backlog)?)
+    };
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let presence = Presence::new(&config, hub.clone());
     presence.start(hub.bridge(), tcp_addr, ws_addr).await;
     let connect_rate = ConnectRate::new(config.limits.connects_per_ip_per_sec);
@@ -128,7 +137,10 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     if let Some(listener) = ws {
         accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Ws)));
     }
-    Ok(RunningEdge { ctx, tcp_addr, ws_addr, accept_loops })
+    if let Some(listener) = http {
+        accept_loops.push(tokio::spawn(crate::transport::http::serve(ctx.clone(), listener)));
+    }
+    Ok(RunningEdge { ctx, tcp_addr, ws_addr, http_addr, accept_loops })
 }
 
 impl RunningEdge {

@@ -187,6 +187,8 @@ pub struct Edge {
     id: String,
     tcp: Option<SocketAddr>,
     ws: Option<SocketAddr>,
+    /// `listen.http` (HTTP transports), when enabled.
+    http: Option<SocketAddr>,
     config: String,
     _dir: tempfile::TempDir,
 }
@@ -235,11 +237,13 @@ impl Edge {
         };
         let (rid, tcp, ws) = parse_ready_line(&ready);
         assert_eq!(rid, id, "ready line reports another id: {ready:?}");
+        let http = parse_ready_http(&ready);
         Edge {
             proc,
             id,
             tcp,
             ws,
+            http,
             config,
             _dir: dir,
         }
@@ -259,6 +263,12 @@ impl Edge {
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws
             .unwrap_or_else(|| panic!("edge {} has no WebSocket listener", self.id))
+    }
+
+    /// The HTTP transports' listener address (panics if disabled).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .unwrap_or_else(|| panic!("edge {} has no HTTP listener", self.id))
     }
 
     pub fn tcp(&self) -> Option<SocketAddr> {
@@ -320,7 +330,20 @@ impl Edge {
     }
 }
 
-/// `goim-edge ready id=<id> tcp=<ip:port|-> ws=<ip:port|->`.
+/// The optional `http=<ip:port|->` of the ready line (absent in older edges' lines: None).
+pub fn parse_ready_http(line: &str) -> Option<SocketAddr> {
+    let v = line.split_whitespace().find_map(|t| t.strip_prefix("http="))?;
+    if v == "-" {
+        return None;
+    }
+    let a: SocketAddr = v
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address {v:?} in ready line {line:?}: {e}"));
+    assert!(a.ip().is_loopback() && a.port() != 0, "edge reports http={a} ({line:?})");
+    Some(a)
+}
+
+/// `goim-edge ready id=<id> tcp=<ip:port|-> ws=<ip:port|-> [http=<ip:port|->]`.
 pub fn parse_ready_line(line: &str) -> (String, Option<SocketAddr>, Option<SocketAddr>) {
     let mut id = None;
     let mut tcp = None;

@@ -15,6 +15,7 @@
 //! limits are checked at accept, in shared state.
 
 pub mod admission;
+pub mod http;
 pub mod tcp;
 pub mod ws;
 
