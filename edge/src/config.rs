@@ -48,6 +48,10 @@ pub struct EdgeConfig {
     /// not all reconnect elsewhere at the same moment; the process exits at most
     /// [`DRAIN_MARGIN`] later, whether or not the clients cooperate.
     pub drain_ms: u64,
+    /// Runtime worker threads; 0 = tokio's default (one per CPU, or `TOKIO_WORKER_THREADS`). One
+    /// thread per edge process (and several edges on one port with `listen.reuse_port`) costs less
+    /// CPU with mostly idle connections: no wake-ups of a second parked thread (BENCHMARKS.md, S4).
+    pub worker_threads: usize,
 }
 
 /// What the exit may take beyond `edge.drain_ms`: the last closes reaching their sockets.
@@ -55,7 +59,7 @@ pub const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
 impl Default for EdgeConfig {
     fn default() -> Self {
-        EdgeConfig { id: String::new(), drain_ms: 5_000 }
+        EdgeConfig { id: String::new(), drain_ms: 5_000, worker_threads: 0 }
     }
 }
 

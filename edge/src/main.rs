@@ -28,7 +28,11 @@ fn main() -> ExitCode {
         }
     };
     goim_common::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.edge.worker_threads > 0 {
+        builder.worker_threads(config.edge.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("goim-edge: cannot start the runtime: {e}");
