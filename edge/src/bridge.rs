@@ -52,6 +52,11 @@ impl Bridge {
         self.clients.len()
     }
 
+    /// Shared connections that are connected right now (the rest are reconnecting).
+    pub fn connected(&self) -> usize {
+        self.clients.iter().filter(|c| c.connection_state() == async_nats::connection::State::Connected).count()
+    }
+
     /// The connection used for publishing and control subscriptions.
     pub fn publisher(&self) -> &Client {
         &self.clients[0]

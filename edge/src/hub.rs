@@ -346,11 +346,7 @@ impl Hub {
         tokio::spawn(async move {
             while let Some(msg) = requests.next().await {
                 let Some(reply) = msg.reply else { continue };
-                let mut snapshot = hub.stats.snapshot(&hub.edge_id);
-                snapshot.subjects = hub.subject_count();
-                if let Some(history) = hub.history() {
-                    snapshot.history_fetches = history.fetches.load(Ordering::Relaxed);
-                }
+                let snapshot = hub.stats_snapshot();
                 let body = serde_json::to_vec(&snapshot).unwrap_or_default();
                 if let Err(e) = hub.bridge.publisher().publish(reply, body.into()).await {
                     warn!(error = %e, "cannot answer stats request");
@@ -361,6 +357,19 @@ impl Hub {
             self.bridge.barrier(index).await;
         }
         Ok(())
+    }
+
+    /// The edge's counters, with the hub's own (subjects, history fetches, NATS connections up):
+    /// what `ctl.stats.<id>` and `/metrics` report.
+    pub fn stats_snapshot(&self) -> crate::stats::Snapshot {
+        let mut snapshot = self.stats.snapshot(&self.edge_id);
+        snapshot.subjects = self.subject_count();
+        if let Some(history) = self.history() {
+            snapshot.history_fetches = history.fetches.load(Ordering::Relaxed);
+        }
+        snapshot.nats_connected = self.bridge.connected();
+        snapshot.nats_connections = self.bridge.connections();
+        snapshot
     }
 
     fn bridge_connections(&self) -> usize {

@@ -231,6 +231,8 @@ impl Stats {
             recovery_failed: self.recovery_failed.load(Ordering::Relaxed),
             history_fetches: 0,
             subjects: 0,
+            nats_connected: 0,
+            nats_connections: 0,
             denied: self
                 .denied
                 .lock()
@@ -267,6 +269,9 @@ pub struct Snapshot {
     /// Distinct subjects this edge's clients are in (rooms, users, keys, broadcast), whether each has
     /// its own NATS subscription or rides a per-edge wildcard.
     pub subjects: usize,
+    /// Shared NATS connections up, of `nats_connections`.
+    pub nats_connected: usize,
+    pub nats_connections: usize,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }
@@ -301,5 +306,49 @@ mod tests {
         assert_eq!(gate.pass_at(5 + period - 1), None);
         assert_eq!(gate.pass_at(5 + period), Some(1001), "the next line counts the closes not logged");
         assert_eq!(gate.pass_at(6 + period), None);
+    }
+}
+
+impl Snapshot {
+    /// The Prometheus text exposition of these counters (`/metrics` on the HTTP listener). Its size
+    /// depends on the number of reasons, never on the number of connections.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP goim_edge_{name} {help}\n# TYPE goim_edge_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "goim_edge_{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v)];
+        metric("connections", "gauge", "Open client connections (accepted, not yet closed).", &one(self.connections.max(0) as u64));
+        metric("authenticated_total", "counter", "Connections that completed auth.", &one(self.authenticated));
+        metric("subjects", "gauge", "Distinct subjects of this edge's clients.", &one(self.subjects as u64));
+        metric("deliveries_total", "counter", "Pushes queued for clients.", &one(self.delivered));
+        metric("writes_total", "counter", "Socket writes of queued batches.", &one(self.writes));
+        metric("bad_push_op_total", "counter", "Pushes refused for a Goim-Op that is not an int32.", &one(self.bad_push_op));
+        metric(
+            "ingress_total",
+            "counter",
+            "Op-4 messages by outcome.",
+            &[
+                ("{result=\"published\"}".into(), self.ingress),
+                ("{result=\"failed\"}".into(), self.ingress_failed),
+                ("{result=\"denied\"}".into(), self.ingress_denied),
+            ],
+        );
+        metric("history_gaps_total", "counter", "Gaps in a stored subject's live copy.", &one(self.gaps));
+        metric("history_gaps_unfilled_total", "counter", "Gaps that could not be filled from JetStream.", &one(self.gaps_unfilled));
+        metric("history_fetches_total", "counter", "JetStream fetches for gaps and resumes.", &one(self.history_fetches));
+        metric("replayed_total", "counter", "Messages replayed to resuming clients.", &one(self.replayed));
+        metric("recovery_failed_total", "counter", "Resumes answered with recovery failed.", &one(self.recovery_failed));
+        let reasons: Vec<(String, u64)> = self.closed.iter().map(|(r, v)| (format!("{{reason=\"{r}\"}}"), *v)).collect();
+        metric("closed_total", "counter", "Closed connections by reason.", &reasons);
+        let denied: Vec<(String, u64)> = self.denied.iter().map(|(r, v)| (format!("{{reason=\"{r}\"}}"), *v)).collect();
+        metric("auth_denied_total", "counter", "Tokens refused at auth or refresh, by reason.", &denied);
+        metric("nats_connections", "gauge", "Shared NATS connections of the edge.", &one(self.nats_connections as u64));
+        metric("nats_connected", "gauge", "Shared NATS connections up right now.", &one(self.nats_connected as u64));
+        out
     }
 }

@@ -103,10 +103,29 @@ fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/sse", get(sse_get).post(sse_post))
         .route("/session/{id}/op/{op}", post(upstream))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
+}
+
+/// Prometheus text exposition of the edge's counters.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let body = state.ctx.hub.stats_snapshot().prometheus();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// 200 while every shared NATS connection is up, 503 while any reconnects: a load balancer stops
+/// sending clients to an edge that cannot serve them.
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    let snapshot = state.ctx.hub.stats_snapshot();
+    if snapshot.nats_connected == snapshot.nats_connections {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("NATS: {} of {} connections up\n", snapshot.nats_connected, snapshot.nats_connections)).into_response()
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -1,0 +1,61 @@
+//! The edge's `/metrics` (Prometheus text) and `/healthz` on its HTTP listener: values follow
+//! connections, deliveries and closes; health follows the NATS connections.
+
+use std::time::Duration;
+
+use goim_nats_tests::goim::*;
+use goim_nats_tests::*;
+
+/// The value of the sample `name` (with its label set, if any) in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn wait_metric(edge: &Edge, name: &str, want: u64) -> String {
+    poll(&format!("{name} = {want}"), 200, Duration::from_millis(25), || async {
+        let (status, body) = nats::http_get(edge.http_addr().port(), "/metrics").await;
+        (status == 200 && sample(&body, name) == Some(want)).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nats() {
+    let mut nats = NatsServer::start().await;
+    let edge = Edge::start(&nats, EdgeOpts::new().with("listen", "http", "\"127.0.0.1:0\"")).await;
+    let port = edge.http_addr().port();
+    let first = wait_metric(&edge, "goim_edge_connections", 0).await;
+    assert!(first.contains("# TYPE goim_edge_deliveries_total counter"), "{first}");
+    assert_eq!(sample(&first, "goim_edge_authenticated_total"), Some(0), "{first}");
+
+    let mut tcp = Client::connect_auth(Transport::Tcp, &edge, Auth::new(1).room("live://m")).await;
+    let ws = Client::connect_auth(Transport::Ws, &edge, Auth::new(2).room("live://m")).await;
+    wait_metric(&edge, "goim_edge_authenticated_total", 2).await;
+    wait_metric(&edge, "goim_edge_connections", 2).await;
+
+    for i in 0..3 {
+        nats.publish("room.live.m", format!("m{i}").as_bytes()).await;
+        tcp.expect_push(1000, format!("m{i}").as_bytes()).await;
+    }
+    let body = wait_metric(&edge, "goim_edge_deliveries_total", 6).await;
+    assert!(sample(&body, "goim_edge_writes_total").is_some_and(|w| w >= 2), "{body}");
+
+    drop(ws);
+    let body = wait_metric(&edge, "goim_edge_connections", 1).await;
+    assert_eq!(sample(&body, "goim_edge_closed_total{reason=\"client_gone\"}"), Some(1), "{body}");
+
+    // Health: up with NATS, 503 while it is down, up again after it returns.
+    assert_eq!(nats::http_get(port, "/healthz").await.0, 200);
+    nats.kill();
+    poll("healthz 503 with NATS down", 200, Duration::from_millis(50), || async {
+        (nats::http_get(port, "/healthz").await.0 == 503).then_some(())
+    })
+    .await;
+    let body = nats::http_get(port, "/metrics").await.1;
+    assert!(sample(&body, "goim_edge_nats_connected").is_some_and(|n| n < sample(&body, "goim_edge_nats_connections").unwrap_or(0)), "{body}");
+    nats.restart().await;
+    poll("healthz 200 after NATS returned", 400, Duration::from_millis(50), || async {
+        (nats::http_get(port, "/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+}
