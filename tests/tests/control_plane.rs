@@ -468,6 +468,19 @@ async fn jetstream_ack_mode_stores_pushes_with_message_ids() {
         }
     });
 
+    // The responder answers before authsvc asks (its first push asks once, then not again for 10 s):
+    // async-nats' flush is no round trip, so prove the subscription is live with a request of our own.
+    let mut live = false;
+    for _ in 0..100 {
+        let answer = raw.request("history.info", b"", WAIT).await;
+        if String::from_utf8_lossy(&answer.payload).contains("GOIM_ROOMS") {
+            live = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(live, "history.info responder not live after 100 requests");
+
     let path = "/goim/push/room?operation=1000&type=test&room=1";
     let r = http(auth.http, "POST", path, &[("Nats-Msg-Id", "order-42")], b"stored", Framing::ContentLength).await;
     assert_ok(&r, "JetStream-acked push");
