@@ -23,9 +23,16 @@ pub fn router(state: Arc<AuthState>, max_body_bytes: usize) -> Router {
         .route("/auth/token", post(mint))
         .route("/auth/keys", get(keys))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// Token minting and delegated-connect counters, Prometheus text (`goim_authsvc_*`).
+async fn metrics(State(state): State<Arc<AuthState>>) -> Response {
+    let counters = serde_json::to_value(&state.stats).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], goim_common::prometheus_text("goim_authsvc", &counters)).into_response()
 }
 
 /// goim's error shape with a matching status.

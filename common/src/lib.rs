@@ -147,8 +147,40 @@ pub async fn shutdown_signal() {
     info!("shutting down");
 }
 
+/// The Prometheus text exposition of a JSON object of counters (a service's stats struct, serialized):
+/// every numeric leaf becomes the sample `<prefix>_<key path joined by _>`; other values are skipped.
+/// Served at `/metrics`; its size follows the counters, never the load.
+pub fn prometheus_text(prefix: &str, counters: &serde_json::Value) -> String {
+    fn walk(out: &mut String, name: &str, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let key: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+                    walk(out, &format!("{name}_{key}"), v);
+                }
+            }
+            serde_json::Value::Number(n) => {
+                out.push_str(&format!("# TYPE {name} untyped\n{name} {n}\n"));
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk(&mut out, prefix, counters);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prometheus_text_names_every_numeric_leaf() {
+        let v = serde_json::json!({"reads": 3, "refused": {"bad-request": 1}, "name": "x", "ok": true});
+        let text = super::prometheus_text("goim_x", &v);
+        assert!(text.contains("goim_x_reads 3\n"), "{text}");
+        assert!(text.contains("goim_x_refused_bad_request 1\n"), "{text}");
+        assert!(!text.contains("name") && !text.contains("ok"), "{text}");
+    }
+
     use super::*;
 
     #[tokio::test]

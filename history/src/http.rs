@@ -20,6 +20,7 @@ pub fn router(history: Arc<History>, max_page_bytes: usize) -> Router {
         .route("/history", get(read))
         .route("/history/info", get(info))
         .route("/history/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
@@ -62,6 +63,12 @@ async fn read(
 
 async fn info(State((history, _)): State<AppState>) -> Response {
     Json(history.info()).into_response()
+}
+
+/// The read counters, Prometheus text (`goim_history_*`).
+async fn metrics(State((history, _)): State<AppState>) -> Response {
+    let text = goim_common::prometheus_text("goim_history", &history.stats_json());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn stats(State((history, _)): State<AppState>) -> Response {

@@ -59,3 +59,30 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
     })
     .await;
 }
+
+/// goim-authsvc's and goim-history's `/metrics`: their counters, moving as tokens are minted and
+/// history is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authsvc_and_history_metrics_follow_their_counters() {
+    use goim_nats_tests::authsvc::{AuthSvc, AuthSvcOpts, KeyDir};
+    use goim_nats_tests::history::{History, HistoryOpts, HISTORY_API_KEY};
+
+    let nats = NatsServer::start().await;
+    let keys = KeyDir::new(&["k1"]);
+    let auth = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1")).await;
+    let metric = |addr: std::net::SocketAddr, name: &'static str| async move {
+        let (status, body) = nats::http_get(addr.port(), "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        sample(&body, name)
+    };
+    let before = metric(auth.http, "goim_authsvc_minted_http").await.expect("goim_authsvc_minted_http");
+    let (status, _) = auth.mint_http(&serde_json::json!({"mid": 7})).await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(auth.http, "goim_authsvc_minted_http").await, Some(before + 1));
+
+    let history = History::start(&nats, HistoryOpts::new()).await;
+    let reads = metric(history.http, "goim_history_reads").await.expect("goim_history_reads");
+    let (status, _) = history.get_http("room=live%3A%2F%2F1", Some(HISTORY_API_KEY)).await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(history.http, "goim_history_reads").await, Some(reads + 1));
+}
