@@ -978,17 +978,24 @@ impl Hub {
                 let fetched = history.fetch(&group.subject, after, latest).await?;
                 seq.seed(after, &fetched.messages);
                 seq.remember_fetch(after, fetched.clone());
-                // What was fetched was stored before the fetch: its live copy has come or will
-                // never come to this group; a late one must not duplicate the replay.
-                if let Some(newest) = fetched.messages.last() {
-                    seq.set_last_seq(newest.seq);
+                // A group that has delivered nothing live yet will never see the live copies of what
+                // was stored before it subscribed: its position moves to the fetched end, so a late
+                // copy does not duplicate the replay.
+                if latest == 0 {
+                    if let Some(newest) = fetched.messages.last() {
+                        seq.set_last_seq(newest.seq);
+                    }
                 }
                 fetched.messages.clone()
             }
         };
+        // A group that is delivering live replays only up to where its live delivery stands: what
+        // came after is reaching this member live (held until the release). Moving the group's
+        // position past it instead would drop those live copies for every other member.
+        let upto = if latest == 0 { u64::MAX } else { latest };
         let mut last = after;
         let mut n = 0;
-        for stored in messages.into_iter().filter(|s| s.seq > after) {
+        for stored in messages.into_iter().filter(|s| s.seq > after && s.seq <= upto) {
             last = stored.seq;
             if group.delivery == Delivery::Accepting && !member.accepts(stored.op) {
                 continue;
