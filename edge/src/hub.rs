@@ -382,25 +382,12 @@ impl Hub {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add `member` to `subject`; the subject's first local member subscribes on NATS. Returns once
-    /// the server has processed the subscription, so a message published after that is delivered.
-    ///
-    /// The subscription is made by the group's own task, not by this future, so a join abandoned
-    /// half-way (its connection closed) cannot leave the subject half-subscribed for later members.
-    pub async fn join(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>) -> Arc<Group> {
-        self.join_held(subject, delivery, member, false).await
-    }
-
-    /// [`Hub::join`]; with `hold`, live messages of a stored subject are held for this member until
-    /// [`Hub::resume`] has replayed what it missed (so the replay comes first, in order).
-    pub async fn join_held(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>, hold: bool) -> Arc<Group> {
-        let group = self.enter(subject, delivery, member, hold);
-        group.subscribed().await;
-        group
-    }
-
-    /// The synchronous half of [`Hub::join_held`]: `member` is in the group when this returns (the
-    /// caller records the group before awaiting [`Group::subscribed`], so it can always leave it).
+    /// Add `member` to `subject` (with `hold`, live messages of a stored subject are held for it until
+    /// [`Hub::resume`] has replayed what it missed, so the replay comes first, in order). The member is
+    /// in the group when this returns, so the caller can record the group before it awaits
+    /// [`Group::subscribed`] and can always leave it. The subject's first local member starts the
+    /// group's subscription in the group's own task, so a join abandoned half-way (its connection
+    /// closed) cannot leave the subject half-subscribed for later members.
     pub fn enter(self: &Arc<Self>, subject: &str, delivery: Delivery, member: &Arc<Member>, hold: bool) -> Arc<Group> {
         let mut groups = self.lock_groups();
         let group = match groups.get(subject) {

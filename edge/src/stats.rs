@@ -276,39 +276,6 @@ pub struct Snapshot {
     pub closed: std::collections::BTreeMap<String, u64>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_reason_has_a_distinct_name_and_a_counter() {
-        let names: std::collections::BTreeSet<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names.len(), CloseReason::ALL.len());
-        let stats = Stats::default();
-        for r in CloseReason::ALL {
-            stats.closed(r);
-        }
-        stats.closed(CloseReason::PacketRate);
-        let snap = stats.snapshot("e");
-        assert_eq!(snap.closed["packet_rate"], 2);
-        assert_eq!(snap.closed["max_connections"], 1);
-        assert_eq!(snap.closed.len(), CloseReason::ALL.len());
-    }
-
-    #[test]
-    fn the_log_gate_lets_one_line_through_per_period() {
-        let gate = LogGate::default();
-        let period = LOG_GATE.as_millis() as u64;
-        assert_eq!(gate.pass_at(5), Some(0), "the first close is logged");
-        for t in 0..1000 {
-            assert_eq!(gate.pass_at(5 + t), None);
-        }
-        assert_eq!(gate.pass_at(5 + period - 1), None);
-        assert_eq!(gate.pass_at(5 + period), Some(1001), "the next line counts the closes not logged");
-        assert_eq!(gate.pass_at(6 + period), None);
-    }
-}
-
 impl Snapshot {
     /// The Prometheus text exposition of these counters (`/metrics` on the HTTP listener). Its size
     /// depends on the number of reasons, never on the number of connections.
@@ -350,5 +317,38 @@ impl Snapshot {
         metric("nats_connections", "gauge", "Shared NATS connections of the edge.", &one(self.nats_connections as u64));
         metric("nats_connected", "gauge", "Shared NATS connections up right now.", &one(self.nats_connected as u64));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_name_and_a_counter() {
+        let names: std::collections::BTreeSet<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), CloseReason::ALL.len());
+        let stats = Stats::default();
+        for r in CloseReason::ALL {
+            stats.closed(r);
+        }
+        stats.closed(CloseReason::PacketRate);
+        let snap = stats.snapshot("e");
+        assert_eq!(snap.closed["packet_rate"], 2);
+        assert_eq!(snap.closed["max_connections"], 1);
+        assert_eq!(snap.closed.len(), CloseReason::ALL.len());
+    }
+
+    #[test]
+    fn the_log_gate_lets_one_line_through_per_period() {
+        let gate = LogGate::default();
+        let period = LOG_GATE.as_millis() as u64;
+        assert_eq!(gate.pass_at(5), Some(0), "the first close is logged");
+        for t in 0..1000 {
+            assert_eq!(gate.pass_at(5 + t), None);
+        }
+        assert_eq!(gate.pass_at(5 + period - 1), None);
+        assert_eq!(gate.pass_at(5 + period), Some(1001), "the next line counts the closes not logged");
+        assert_eq!(gate.pass_at(6 + period), None);
     }
 }
