@@ -1,5 +1,6 @@
 //! authsvc's HTTP API on goim logic's port: `POST /auth/token` (mint, for backends holding an API
-//! key), `GET /auth/keys` (the public token keys as JWKS) and `GET /healthz`. Errors use goim's shape
+//! key), `GET /auth/keys` (the public token keys as JWKS), `GET /metrics` and `GET /healthz` (ready
+//! only while NATS is connected). Errors use goim's shape
 //! `{"code": -400|-401|-403|-404|-500, "message": "..."}` with the matching HTTP status.
 //!
 //! With `http.demo_path` set (the dev config: `/demo/`) it also serves the browser demo page
@@ -18,21 +19,35 @@ use goim_token::Grant;
 
 use crate::state::{AuthState, Minted};
 
-pub fn router(state: Arc<AuthState>, max_body_bytes: usize) -> Router {
+/// `nats`: the service's NATS connection, whose state `/healthz` and `/metrics` report.
+pub fn router(state: Arc<AuthState>, max_body_bytes: usize, nats: async_nats::Client) -> Router {
+    let health = nats.clone();
     Router::new()
         .route("/auth/token", post(mint))
         .route("/auth/keys", get(keys))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(move || async move { healthz(&health) }))
+        .route("/metrics", get(move |state| metrics(state, nats)))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-/// Token minting and delegated-connect counters, Prometheus text (`goim_authsvc_*`).
-async fn metrics(State(state): State<Arc<AuthState>>) -> Response {
+/// Token minting and delegated-connect counters and the NATS connection's, Prometheus text
+/// (`goim_authsvc_*`).
+async fn metrics(State(state): State<Arc<AuthState>>, nats: async_nats::Client) -> Response {
     let counters = serde_json::to_value(&state.stats).unwrap_or_default();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], goim_common::prometheus_text("goim_authsvc", &counters)).into_response()
+    let mut text = goim_common::prometheus_text("goim_authsvc", &counters);
+    text.push_str(&goim_common::nats_prometheus("goim_authsvc", &[&nats]));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `200 ok` while the NATS connection is up, `503` with the reason while it reconnects: minting over
+/// NATS, the callout and the control plane all need it.
+fn healthz(nats: &async_nats::Client) -> Response {
+    match goim_common::nats_ready(&[nats]) {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 /// goim's error shape with a matching status.

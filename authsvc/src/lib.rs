@@ -93,7 +93,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     } else {
         let listener = bind(&cfg.http.listen, cfg.http.reuse_port)?;
         let addr = listener.local_addr().ok();
-        let mut app = http::router(state.clone(), cfg.http.max_body_bytes);
+        let mut app = http::router(state.clone(), cfg.http.max_body_bytes, client.clone());
         if !cfg.http.demo_path.is_empty() {
             info!(path = %cfg.http.demo_path, "serving the browser demo page (development aid)");
             app = app.merge(http::demo_router(&cfg.http.demo_path));

@@ -170,6 +170,51 @@ pub fn prometheus_text(prefix: &str, counters: &serde_json::Value) -> String {
     out
 }
 
+/// What `/healthz` and `/metrics` report of a service's NATS connections.
+///
+/// `/healthz` is ready only while every connection is up: a load balancer or orchestrator then takes
+/// a service whose NATS is gone out of rotation (it reconnects by itself and comes back ready).
+pub fn nats_ready(clients: &[&async_nats::Client]) -> Result<(), String> {
+    let down = clients
+        .iter()
+        .filter(|c| c.connection_state() != async_nats::connection::State::Connected)
+        .count();
+    if down == 0 {
+        Ok(())
+    } else {
+        Err(format!("NATS: {down} of {} connections down (reconnecting)", clients.len()))
+    }
+}
+
+/// The Prometheus text of a service's NATS connections: up, reconnects (connections established after
+/// the first) and messages/bytes in and out, summed over `clients`. Constant size.
+pub fn nats_prometheus(prefix: &str, clients: &[&async_nats::Client]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut up, mut reconnects, mut in_msgs, mut out_msgs, mut in_bytes, mut out_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for c in clients {
+        up += u64::from(c.connection_state() == async_nats::connection::State::Connected);
+        let s = c.statistics();
+        // async-nats counts the first connect too.
+        reconnects += s.connects.load(Relaxed).saturating_sub(1);
+        in_msgs += s.in_messages.load(Relaxed);
+        out_msgs += s.out_messages.load(Relaxed);
+        in_bytes += s.in_bytes.load(Relaxed);
+        out_bytes += s.out_bytes.load(Relaxed);
+    }
+    let mut out = String::with_capacity(1024);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} {kind}\n{prefix}_{name} {value}\n"));
+    };
+    metric("nats_connections", "gauge", "Shared NATS connections of the service.", clients.len() as u64);
+    metric("nats_connected", "gauge", "NATS connections up right now.", up);
+    metric("nats_reconnects_total", "counter", "NATS connections re-established after a loss.", reconnects);
+    metric("nats_in_messages_total", "counter", "Messages received from NATS.", in_msgs);
+    metric("nats_out_messages_total", "counter", "Messages sent to NATS.", out_msgs);
+    metric("nats_in_bytes_total", "counter", "Payload bytes received from NATS.", in_bytes);
+    metric("nats_out_bytes_total", "counter", "Payload bytes sent to NATS.", out_bytes);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

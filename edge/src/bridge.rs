@@ -57,6 +57,12 @@ impl Bridge {
         self.clients.iter().filter(|c| c.connection_state() == async_nats::connection::State::Connected).count()
     }
 
+    /// Connections re-established after a loss, over all shared connections (async-nats counts the
+    /// first connect too).
+    pub fn reconnects(&self) -> u64 {
+        self.clients.iter().map(|c| c.statistics().connects.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1)).sum()
+    }
+
     /// The connection used for publishing and control subscriptions.
     pub fn publisher(&self) -> &Client {
         &self.clients[0]

@@ -369,6 +369,7 @@ impl Hub {
         }
         snapshot.nats_connected = self.bridge.connected();
         snapshot.nats_connections = self.bridge.connections();
+        snapshot.nats_reconnects = self.bridge.reconnects();
         snapshot
     }
 
@@ -407,6 +408,7 @@ impl Hub {
                         .map(|(class, _)| Box::new(Sequenced::new(class))),
                 });
                 groups.insert(g.subject.clone(), g.clone());
+                self.count_group(&g, 1);
                 if let Some(own) = &g.own {
                     let task = tokio::spawn(self.clone().run_group(g.clone()));
                     *own.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
@@ -459,6 +461,7 @@ impl Hub {
         let mut indexes = HashSet::new();
         for wildcard in wildcards {
             let mut sub = self.bridge.subscribe(&wildcard).await?;
+            self.stats.nats_subscriptions.fetch_add(1, Ordering::Relaxed);
             indexes.insert(self.bridge.client_index(&wildcard));
             let hub = self.clone();
             tokio::spawn(async move {
@@ -620,6 +623,7 @@ impl Hub {
             drop(members);
             groups.remove(subject);
             drop(groups);
+            self.count_group(&group, -1);
             abort_task(&group);
             debug!(subject, "unsubscribed (last local member left)");
         }
@@ -628,6 +632,17 @@ impl Hub {
     /// Number of distinct subjects this edge is subscribed to for its clients.
     pub fn subject_count(&self) -> usize {
         self.lock_groups().len()
+    }
+
+    /// Keep the `rooms` and `nats_subscriptions` gauges as groups come and go (`delta` = ±1), so a
+    /// metrics scrape reads two atomics instead of walking every subject.
+    fn count_group(&self, group: &Group, delta: i64) {
+        if group.subject.starts_with(subjects::ROOM_PREFIX) && group.subject[subjects::ROOM_PREFIX.len()..].starts_with('.') {
+            self.stats.rooms.fetch_add(delta, Ordering::Relaxed);
+        }
+        if group.own.is_some() {
+            self.stats.nats_subscriptions.fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     /// Queue one push for `member`: into its held buffer while it resumes this stored subject, else

@@ -117,6 +117,13 @@ pub struct Stats {
     pub connections: AtomicI64,
     /// Connections that completed auth.
     pub authenticated: AtomicU64,
+    /// Rooms (`room.*` subjects) with local members.
+    pub rooms: AtomicI64,
+    /// NATS subscriptions held for client subjects: one per subject with its own subscription, plus
+    /// the per-edge `user.*`/`key.*` wildcards (subjects riding a wildcard cost none).
+    pub nats_subscriptions: AtomicI64,
+    /// Bytes written to client sockets (framing included).
+    pub bytes_written: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     /// Pushes delivered into connection queues.
     pub delivered: AtomicU64,
@@ -219,6 +226,9 @@ impl Stats {
             id: id.to_string(),
             connections: self.connections.load(Ordering::Relaxed),
             authenticated: self.authenticated.load(Ordering::Relaxed),
+            rooms: self.rooms.load(Ordering::Relaxed).max(0) as u64,
+            nats_subscriptions: self.nats_subscriptions.load(Ordering::Relaxed).max(0) as u64,
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             bad_push_op: self.bad_push_op.load(Ordering::Relaxed),
@@ -233,6 +243,7 @@ impl Stats {
             subjects: 0,
             nats_connected: 0,
             nats_connections: 0,
+            nats_reconnects: 0,
             denied: self
                 .denied
                 .lock()
@@ -254,6 +265,11 @@ pub struct Snapshot {
     pub id: String,
     pub connections: i64,
     pub authenticated: u64,
+    /// Rooms with local members.
+    pub rooms: u64,
+    /// NATS subscriptions for client subjects (see [`Stats::nats_subscriptions`]).
+    pub nats_subscriptions: u64,
+    pub bytes_written: u64,
     pub delivered: u64,
     pub writes: u64,
     pub bad_push_op: u64,
@@ -272,6 +288,8 @@ pub struct Snapshot {
     /// Shared NATS connections up, of `nats_connections`.
     pub nats_connected: usize,
     pub nats_connections: usize,
+    /// NATS connections re-established after a loss, over all shared connections.
+    pub nats_reconnects: u64,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }
@@ -292,6 +310,14 @@ impl Snapshot {
         metric("connections", "gauge", "Open client connections (accepted, not yet closed).", &one(self.connections.max(0) as u64));
         metric("authenticated_total", "counter", "Connections that completed auth.", &one(self.authenticated));
         metric("subjects", "gauge", "Distinct subjects of this edge's clients.", &one(self.subjects as u64));
+        metric("rooms", "gauge", "Rooms with members on this edge.", &one(self.rooms));
+        metric(
+            "nats_subscriptions",
+            "gauge",
+            "NATS subscriptions held for client subjects (own subscriptions plus per-edge wildcards).",
+            &one(self.nats_subscriptions),
+        );
+        metric("bytes_written_total", "counter", "Bytes written to client sockets, framing included.", &one(self.bytes_written));
         metric("deliveries_total", "counter", "Pushes queued for clients.", &one(self.delivered));
         metric("writes_total", "counter", "Socket writes of queued batches.", &one(self.writes));
         metric("bad_push_op_total", "counter", "Pushes refused for a Goim-Op that is not an int32.", &one(self.bad_push_op));
@@ -316,6 +342,7 @@ impl Snapshot {
         metric("auth_denied_total", "counter", "Tokens refused at auth or refresh, by reason.", &denied);
         metric("nats_connections", "gauge", "Shared NATS connections of the edge.", &one(self.nats_connections as u64));
         metric("nats_connected", "gauge", "Shared NATS connections up right now.", &one(self.nats_connected as u64));
+        metric("nats_reconnects_total", "counter", "NATS connections re-established after a loss.", &one(self.nats_reconnects));
         out
     }
 }

@@ -1,6 +1,6 @@
 //! goim-history over HTTP: `GET /history` (a page, `Authorization: Bearer <token or API key>`),
 //! `GET /history/info` (which subjects are stored; no credential needed), `GET /history/stats`
-//! (counters) and `GET /healthz`. Errors use goim's shape `{"code": -status, "message": "..."}` with
+//! (counters), `GET /metrics` and `GET /healthz` (ready only while NATS is connected). Errors use goim's shape `{"code": -status, "message": "..."}` with
 //! the matching HTTP status.
 
 use std::sync::Arc;
@@ -15,13 +15,15 @@ use axum::{Json, Router};
 use crate::query::{RawParams, Refusal};
 use crate::service::History;
 
-pub fn router(history: Arc<History>, max_page_bytes: usize) -> Router {
+/// `nats`: the service's NATS connection, whose state `/healthz` and `/metrics` report.
+pub fn router(history: Arc<History>, max_page_bytes: usize, nats: async_nats::Client) -> Router {
+    let health = nats.clone();
     Router::new()
         .route("/history", get(read))
         .route("/history/info", get(info))
         .route("/history/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move |state| metrics(state, nats)))
+        .route("/healthz", get(move || async move { healthz(&health) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         .with_state((history, max_page_bytes))
@@ -65,10 +67,20 @@ async fn info(State((history, _)): State<AppState>) -> Response {
     Json(history.info()).into_response()
 }
 
-/// The read counters, Prometheus text (`goim_history_*`).
-async fn metrics(State((history, _)): State<AppState>) -> Response {
-    let text = goim_common::prometheus_text("goim_history", &history.stats_json());
+/// The read counters and the NATS connection's, Prometheus text (`goim_history_*`).
+async fn metrics(State((history, _)): State<AppState>, nats: async_nats::Client) -> Response {
+    let mut text = goim_common::prometheus_text("goim_history", &history.stats_json());
+    text.push_str(&goim_common::nats_prometheus("goim_history", &[&nats]));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `200 ok` while the NATS connection is up (every read is a JetStream request), `503` with the
+/// reason while it reconnects.
+fn healthz(nats: &async_nats::Client) -> Response {
+    match goim_common::nats_ready(&[nats]) {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn stats(State((history, _)): State<AppState>) -> Response {

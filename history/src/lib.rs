@@ -78,7 +78,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let metadata = [("http".to_string(), http_addr.map_or(String::new(), |a| a.to_string()))].into_iter().collect();
     bus::serve(history.clone(), client.clone(), &cfg.nats.queue_group, metadata).await?;
     if let Some(listener) = listener {
-        let app = http::router(history.clone(), cfg.read.max_page_bytes);
+        let app = http::router(history.clone(), cfg.read.max_page_bytes, client.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");

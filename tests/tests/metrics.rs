@@ -39,9 +39,22 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
     }
     let body = wait_metric(&edge, "goim_edge_deliveries_total", 6).await;
     assert!(sample(&body, "goim_edge_writes_total").is_some_and(|w| w >= 2), "{body}");
+    // Two clients in one room: one room, one own subscription for it plus the per-edge
+    // `user.*`/`key.*` wildcards; every write of six pushes (and two auth replies) put bytes out.
+    assert_eq!(sample(&body, "goim_edge_rooms"), Some(1), "{body}");
+    let subs = sample(&body, "goim_edge_nats_subscriptions").expect("goim_edge_nats_subscriptions");
+    assert!(subs >= 2, "room + wildcards: {body}");
+    assert!(sample(&body, "goim_edge_bytes_written_total").is_some_and(|b| b >= 6 * 16), "{body}");
+    assert_eq!(sample(&body, "goim_edge_nats_reconnects_total"), Some(0), "{body}");
+    let mut other = Client::connect_auth(Transport::Tcp, &edge, Auth::new(3).room("live://n")).await;
+    let body = wait_metric(&edge, "goim_edge_rooms", 2).await;
+    assert_eq!(sample(&body, "goim_edge_nats_subscriptions"), Some(subs + 1), "{body}");
+    other.change_room("").await;
+    let body = wait_metric(&edge, "goim_edge_rooms", 1).await;
+    assert_eq!(sample(&body, "goim_edge_nats_subscriptions"), Some(subs), "{body}");
 
     drop(ws);
-    let body = wait_metric(&edge, "goim_edge_connections", 1).await;
+    let body = wait_metric(&edge, "goim_edge_connections", 2).await;
     assert_eq!(sample(&body, "goim_edge_closed_total{reason=\"client_gone\"}"), Some(1), "{body}");
 
     // Health: up with NATS, 503 while it is down, up again after it returns.
@@ -58,6 +71,8 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
         (nats::http_get(port, "/healthz").await.0 == 200).then_some(())
     })
     .await;
+    let body = nats::http_get(port, "/metrics").await.1;
+    assert!(sample(&body, "goim_edge_nats_reconnects_total").is_some_and(|n| n >= 1), "{body}");
 }
 
 /// goim-authsvc's and goim-history's `/metrics`: their counters, moving as tokens are minted and
@@ -67,7 +82,7 @@ async fn authsvc_and_history_metrics_follow_their_counters() {
     use goim_nats_tests::authsvc::{AuthSvc, AuthSvcOpts, KeyDir};
     use goim_nats_tests::history::{History, HistoryOpts, HISTORY_API_KEY};
 
-    let nats = NatsServer::start().await;
+    let mut nats = NatsServer::start().await;
     let keys = KeyDir::new(&["k1"]);
     let auth = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1")).await;
     let metric = |addr: std::net::SocketAddr, name: &'static str| async move {
@@ -85,4 +100,29 @@ async fn authsvc_and_history_metrics_follow_their_counters() {
     let (status, _) = history.get_http("room=live%3A%2F%2F1", Some(HISTORY_API_KEY)).await;
     assert_eq!(status, 200);
     assert_eq!(metric(history.http, "goim_history_reads").await, Some(reads + 1));
+
+    // Health follows NATS for both: 503 while it is down, 200 (and a reconnect counted) after.
+    for addr in [auth.http, history.http] {
+        assert_eq!(nats::http_get(addr.port(), "/healthz").await.0, 200);
+        assert_eq!(metric(addr, if addr == auth.http { "goim_authsvc_nats_reconnects_total" } else { "goim_history_nats_reconnects_total" }).await, Some(0));
+    }
+    nats.kill();
+    for addr in [auth.http, history.http] {
+        let body = poll("healthz 503 with NATS down", 200, Duration::from_millis(50), || async {
+            let (status, body) = nats::http_get(addr.port(), "/healthz").await;
+            (status == 503).then_some(body)
+        })
+        .await;
+        assert!(body.contains("NATS"), "{body}");
+    }
+    nats.restart().await;
+    for (addr, prefix) in [(auth.http, "goim_authsvc"), (history.http, "goim_history")] {
+        poll("healthz 200 after NATS returned", 400, Duration::from_millis(50), || async {
+            (nats::http_get(addr.port(), "/healthz").await.0 == 200).then_some(())
+        })
+        .await;
+        let body = nats::http_get(addr.port(), "/metrics").await.1;
+        assert!(sample(&body, &format!("{prefix}_nats_reconnects_total")).is_some_and(|n| n >= 1), "{body}");
+        assert_eq!(sample(&body, &format!("{prefix}_nats_connected")), Some(1), "{body}");
+    }
 }

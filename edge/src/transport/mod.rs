@@ -254,6 +254,7 @@ fn write_loop<'a>(
                 }
             };
             stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_written.fetch_add(out.len() as u64, Ordering::Relaxed);
             let written = match stream.try_write(&out) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
