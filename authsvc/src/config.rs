@@ -242,6 +242,9 @@ impl Config {
         if !self.tokens.keys.iter().any(|k| k.id == self.tokens.signing_key) {
             return invalid(format!("tokens.signing_key {:?} is not one of tokens.keys", self.tokens.signing_key));
         }
+        if self.tokens.leeway_secs > goim_token::MAX_LEEWAY_SECS {
+            return invalid(format!("tokens.leeway_secs must be at most {}", goim_token::MAX_LEEWAY_SECS));
+        }
         if self.tokens.max_ttl_secs == 0 || self.tokens.default_ttl_secs == 0 {
             return invalid("tokens ttl values must be positive".into());
         }

@@ -433,6 +433,9 @@ impl Config {
         if self.session.handshake_timeout_ms == 0 || self.session.idle_timeout_ms == 0 {
             return invalid("session timeouts must be positive");
         }
+        if self.auth.leeway_secs > goim_token::MAX_LEEWAY_SECS {
+            return Err(ConfigError::Invalid(format!("auth.leeway_secs must be at most {}", goim_token::MAX_LEEWAY_SECS)));
+        }
         if self.limits.max_outbound_bytes < 4096 {
             return invalid("limits.max_outbound_bytes must be at least 4096");
         }
@@ -529,5 +532,8 @@ mod tests {
         let e = Config::parse("[nats]\nurl = \"x\"").unwrap_err().to_string();
         assert!(e.contains("url"), "{e}");
         assert!(Config::parse("[nats]\nconnections = 0").is_err());
+        let e = Config::parse("[auth]\nleeway_secs = 18446744073709551615").unwrap_err().to_string();
+        assert!(e.contains("auth.leeway_secs"), "{e}");
+        assert!(Config::parse("[auth]\nleeway_secs = 3600").is_ok());
     }
 }

@@ -294,6 +294,9 @@ impl Config {
             return invalid("nats.queue_group is empty".into());
         }
         let t = &self.tokens;
+        if t.leeway_secs > goim_token::MAX_LEEWAY_SECS {
+            return invalid(format!("tokens.leeway_secs must be at most {}", goim_token::MAX_LEEWAY_SECS));
+        }
         if t.keys.is_empty() && !t.keys_from_nats && t.api_keys.iter().all(String::is_empty) && t.api_key_files.is_empty() {
             return invalid(
                 "nobody could read: set tokens.keys, tokens.keys_from_nats = true or tokens.api_keys".into(),

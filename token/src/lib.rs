@@ -14,7 +14,7 @@ pub mod verify;
 pub use claims::{Claims, Grant, PublishRights};
 pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeySet, SigningKey, VerifyingKey};
 pub use mint::Minter;
-pub use verify::{TokenError, Verifier};
+pub use verify::{TokenError, Verifier, MAX_LEEWAY_SECS};
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {

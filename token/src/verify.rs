@@ -47,6 +47,10 @@ impl TokenError {
     }
 }
 
+/// The largest clock skew a verifier tolerates on `exp`/`nbf` (an hour: more is a misconfiguration, and
+/// an absurd value would overflow the JWT library's unchecked `now ± leeway`).
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+
 /// Verifies tokens against a key set that can be replaced while running (key rotation).
 #[derive(Debug, Clone)]
 pub struct Verifier {
@@ -58,12 +62,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// `leeway_secs` is capped at [`MAX_LEEWAY_SECS`] (the services' config validation refuses more):
+    /// the JWT library adds it to the clock unchecked.
     pub fn new(keys: KeySet, issuer: &str, audience: &str, leeway_secs: u64) -> Verifier {
         Verifier {
             keys: Arc::new(RwLock::new(keys)),
             issuer: issuer.into(),
             audience: audience.into(),
-            leeway_secs,
+            leeway_secs: leeway_secs.min(MAX_LEEWAY_SECS),
         }
     }
 
