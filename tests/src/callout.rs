@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::authsvc::{KeyDir, AUDIENCE, ISSUER};
-use crate::nats::nats_server_bin;
-use crate::process::{Proc, Stream};
+use crate::nats::{nats_server_bin, wait_ready};
+use crate::process::Proc;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -102,36 +102,16 @@ impl CalloutNats {
         let mut cmd = Command::new(nats_server_bin());
         cmd.arg("-c").arg(&path);
         let mut proc = Proc::spawn("nats-server(callout)", cmd).expect("spawn nats-server");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let (mut port, mut mport, mut wport) = (None, None, None);
-        loop {
-            let line = match tokio::time::timeout_at(deadline, proc.lines.recv()).await {
-                Err(_) => panic!("nats-server not ready within {READY_TIMEOUT:?}:\n{}", proc.log_tail(50)),
-                Ok(None) => panic!("nats-server exited:\n{}", proc.log_tail(50)),
-                Ok(Some(l)) => l,
-            };
-            if line.stream != Stream::Stderr {
-                continue;
-            }
-            let t = &line.text;
-            if let Some(p) = port_after(t, "Listening for client connections on ") {
-                port = Some(p);
-            } else if let Some(p) = port_after(t, "Starting http monitor on ") {
-                mport = Some(p);
-            } else if let Some(p) = port_after(t, "Listening for websocket clients on ") {
-                wport = Some(p);
-            } else if t.contains("[FTL]") {
-                panic!("nats-server failed: {t}\n{}", proc.log_tail(50));
-            } else if t.contains("Server is ready") {
-                break;
-            }
-        }
+        let ports = match wait_ready(&mut proc, READY_TIMEOUT, false).await {
+            Ok(ports) => ports,
+            Err(e) => panic!("nats-server(callout) {e}"),
+        };
         CalloutNats {
             proc,
             _dir: dir,
-            port: port.expect("client port"),
-            monitor_port: mport.expect("monitor port"),
-            ws_port: if opts.websocket { Some(wport.expect("websocket port")) } else { None },
+            port: ports.client.expect("client port"),
+            monitor_port: ports.monitor.expect("monitor port"),
+            ws_port: if opts.websocket { Some(ports.websocket.expect("websocket port")) } else { None },
             keys,
             opts,
         }
@@ -201,12 +181,6 @@ impl CalloutNats {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-fn port_after(line: &str, marker: &str) -> Option<u16> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    let addr = rest.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
 }
 
 /// Token keys (kid `k1`) for the callout tests: a verifier as authsvc/edges have it, and minting.

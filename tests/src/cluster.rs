@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::nats::{http_get, nats_server_bin};
-use crate::process::{Proc, Stream};
+use crate::nats::{http_get, nats_server_bin, wait_ready};
+use crate::process::Proc;
 
 /// How long one nats-server may take to print "Server is ready" and its route port.
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -228,33 +228,10 @@ impl NatsCluster {
         cmd.arg("-c").arg(&conf);
         let label = format!("nats-server {}#{}", node.name, node.generation);
         let mut proc = Proc::spawn(&label, cmd).map_err(|e| format!("spawn nats-server: {e}"))?;
-        let deadline = Instant::now() + NODE_READY_TIMEOUT;
-        let (mut port, mut cport, mut mport, mut ready) = (None, None, None, false);
-        while !(ready && cport.is_some()) {
-            let line = match tokio::time::timeout_at(deadline, proc.lines.recv()).await {
-                Err(_) => return Err(format!("not ready within {NODE_READY_TIMEOUT:?}; output:\n{}", proc.log_tail(50))),
-                Ok(None) => return Err(format!("exited ({:?}); output:\n{}", proc.try_wait(), proc.log_tail(50))),
-                Ok(Some(l)) => l,
-            };
-            if line.stream != Stream::Stderr {
-                continue;
-            }
-            let t = &line.text;
-            if let Some(p) = port_after(t, "Listening for client connections on ") {
-                port = Some(p);
-            } else if let Some(p) = port_after(t, "Listening for route connections on ") {
-                cport = Some(p);
-            } else if let Some(p) = port_after(t, "Starting http monitor on ") {
-                mport = Some(p);
-            } else if t.contains("[FTL]") {
-                return Err(format!("failed: {t}"));
-            } else if t.contains("Server is ready") {
-                ready = true;
-            }
-        }
-        node.port = port.ok_or("no client port in the log")?;
-        node.cluster_port = cport.ok_or("no route port in the log")?;
-        node.monitor_port = mport.ok_or("no monitoring port in the log")?;
+        let ports = wait_ready(&mut proc, NODE_READY_TIMEOUT, true).await?;
+        node.port = ports.client.ok_or("no client port in the log")?;
+        node.cluster_port = ports.route.ok_or("no route port in the log")?;
+        node.monitor_port = ports.monitor.ok_or("no monitoring port in the log")?;
         node.proc = Some(proc);
         Ok(())
     }
@@ -352,11 +329,6 @@ pub async fn try_monitor_port(port: u16, path_and_query: &str) -> Option<Value> 
 /// A free loopback TCP port (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
-}
-
-fn port_after(line: &str, marker: &str) -> Option<u16> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.trim().rsplit(':').next()?.trim().parse().ok()
 }
 
 /// Stream cluster state as the JetStream API reports it (`$JS.API.STREAM.INFO.<stream>`).

@@ -181,45 +181,11 @@ impl NatsServer {
         self.generation += 1;
         let name = format!("nats-server#{}", self.generation);
         let mut proc = Proc::spawn(&name, cmd).map_err(|e| format!("spawn nats-server: {e}"))?;
-        let deadline = Instant::now() + NATS_READY_TIMEOUT;
-        let (mut port, mut mport, mut wport) = (None, None, None);
-        loop {
-            let line = match tokio::time::timeout_at(deadline, proc.lines.recv()).await {
-                Err(_) => {
-                    return Err(format!(
-                        "no \"Server is ready\" within {NATS_READY_TIMEOUT:?}; output:\n{}",
-                        proc.log_tail(50)
-                    ))
-                }
-                Ok(None) => {
-                    let st = proc.try_wait();
-                    return Err(format!(
-                        "nats-server exited ({st:?}); output:\n{}",
-                        proc.log_tail(50)
-                    ));
-                }
-                Ok(Some(l)) => l,
-            };
-            if line.stream != Stream::Stderr {
-                continue;
-            }
-            let t = &line.text;
-            if let Some(p) = port_after(t, "Listening for client connections on ") {
-                port = Some(p);
-            } else if let Some(p) = port_after(t, "Starting http monitor on ") {
-                mport = Some(p);
-            } else if let Some(p) = port_after(t, "Listening for websocket clients on ") {
-                wport = Some(p);
-            } else if t.contains("[FTL]") {
-                return Err(format!("nats-server failed: {t}"));
-            } else if t.contains("Server is ready") {
-                break;
-            }
-        }
-        self.port = port.ok_or("nats-server did not report its client port")?;
-        self.monitor_port = mport.ok_or("nats-server did not report its monitoring port")?;
+        let ports = wait_ready(&mut proc, NATS_READY_TIMEOUT, false).await.map_err(|e| format!("nats-server {e}"))?;
+        self.port = ports.client.ok_or("nats-server did not report its client port")?;
+        self.monitor_port = ports.monitor.ok_or("nats-server did not report its monitoring port")?;
         self.ws_port = if self.opts.websocket {
-            Some(wport.ok_or("nats-server did not report its websocket port")?)
+            Some(ports.websocket.ok_or("nats-server did not report its websocket port")?)
         } else {
             None
         };
@@ -330,6 +296,49 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The ports a nats-server printed while starting (each `None` when it did not print that listener).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadyPorts {
+    pub client: Option<u16>,
+    pub monitor: Option<u16>,
+    pub websocket: Option<u16>,
+    pub route: Option<u16>,
+}
+
+/// Read a starting nats-server's log until it prints "Server is ready" (and, with `need_route`, its
+/// route port, which a clustered node may print after that), collecting the ports it listens on from
+/// its "Listening for … on" lines. The one start-up wait of every harness that runs nats-server.
+pub async fn wait_ready(proc: &mut Proc, within: Duration, need_route: bool) -> Result<ReadyPorts, String> {
+    let deadline = Instant::now() + within;
+    let mut ports = ReadyPorts::default();
+    let mut ready = false;
+    while !(ready && (!need_route || ports.route.is_some())) {
+        let line = match tokio::time::timeout_at(deadline, proc.lines.recv()).await {
+            Err(_) => return Err(format!("not ready within {within:?}; output:\n{}", proc.log_tail(50))),
+            Ok(None) => return Err(format!("exited ({:?}); output:\n{}", proc.try_wait(), proc.log_tail(50))),
+            Ok(Some(l)) => l,
+        };
+        if line.stream != Stream::Stderr {
+            continue;
+        }
+        let t = &line.text;
+        if let Some(p) = port_after(t, "Listening for client connections on ") {
+            ports.client = Some(p);
+        } else if let Some(p) = port_after(t, "Starting http monitor on ") {
+            ports.monitor = Some(p);
+        } else if let Some(p) = port_after(t, "Listening for websocket clients on ") {
+            ports.websocket = Some(p);
+        } else if let Some(p) = port_after(t, "Listening for route connections on ") {
+            ports.route = Some(p);
+        } else if t.contains("[FTL]") {
+            return Err(format!("failed: {t}\n{}", proc.log_tail(50)));
+        } else if t.contains("Server is ready") {
+            ready = true;
+        }
+    }
+    Ok(ports)
 }
 
 fn port_after(line: &str, marker: &str) -> Option<u16> {
