@@ -1,6 +1,9 @@
 //! What every goim-nats binary (goim-edge, goim-authsvc, goim-history) shares, so each does it the
 //! same way: reading its TOML config file, the `[log]` config section and logging set-up, binding a listener (SO_REUSEPORT), the
-//! NATS connection that retries until the servers answer, and waiting for SIGINT/SIGTERM.
+//! NATS connection that retries until the servers answer, waiting for SIGINT/SIGTERM, and `main`
+//! itself ([`service`]).
+
+pub mod service;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,50 +1,19 @@
 //! `goim-history --config <file>`: load the TOML config, set up logging, run until SIGINT/SIGTERM.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use goim_history::config::Config;
 
-#[derive(Parser, Debug)]
-#[command(name = "goim-history", version, about = "goim-nats history service (JetStream)")]
-struct Args {
-    /// TOML config file (see goim-history.sample.toml).
-    #[arg(long, short)]
-    config: PathBuf,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let config = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("goim-history: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    goim_common::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("goim-history: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let running = match goim_history::start(config).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                eprintln!("goim-history: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let path = goim_common::service::config_path("goim-history", "goim-nats history service (JetStream)", true);
+    let config = Config::load(&path.unwrap_or_default());
+    goim_common::service::run("goim-history", config, |c| &c.log, 0, |config| async move {
+        let running = goim_history::start(config).await.map_err(|e| e.to_string())?;
         let http = running.http_addr.map_or("-".to_string(), |a| a.to_string());
         // One machine-readable line on stdout; the test harness and `make run` wait for it.
         println!("goim-history ready http={http}");
         tracing::info!(%http, "history ready");
         goim_common::shutdown_signal().await;
-        ExitCode::SUCCESS
+        Ok(())
     })
 }
