@@ -13,56 +13,9 @@ AUTHSVC_BIN=target/release/goim-authsvc
 HISTORY_BIN=target/release/goim-history
 HISTORY_CONFIG=${HISTORY_CONFIG:-history/goim-history.cluster.toml}
 AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-nats-conf/cluster/goim-authsvc.toml}
-RUN=.state/run
-LOGS=.state/logs
-mkdir -p "$RUN" "$LOGS"
+source scripts/lib.sh
 
-for f in "$RUN"/*.pid; do
-  [[ -f $f ]] || continue
-  if kill -0 "$(cat "$f")" 2>/dev/null; then
-    echo "already running ($(basename "$f" .pid), pid $(cat "$f")); use 'make stop' first" >&2
-    exit 1
-  fi
-done
-
-pids=()
-cleanup() {
-  trap - INT TERM EXIT
-  # Edges and services first, then the nodes (also a node restarted by hand, through its pid file).
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
-  for f in "$RUN"/nats-server-*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f "$RUN"/*.pid
-  echo "stopped"
-}
-trap cleanup INT TERM EXIT
-
-# Wait (bounded) until file $1 contains the fixed string $2.
-await_line() {
-  local file=$1 text=$2 what=$3
-  for _ in $(seq 1 200); do
-    grep -qF "$text" "$file" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "$what did not start; see $file" >&2
-  tail -n 20 "$file" >&2
-  exit 1
-}
-
-# Start a process in the background, record its pid, wait for its ready text.
-start() {
-  local name=$1 ready=$2; shift 2
-  : > "$LOGS/$name.out"
-  "$@" >"$LOGS/$name.out" 2> >(tee -a "$LOGS/$name.log" >&2) &
-  pids+=($!); echo $! > "$RUN/$name.pid"
-  await_line "$LOGS/$name.out" "$ready" "$name"
-}
-
-for i in 1 2 3; do
-  : > "$LOGS/nats-server-$i.log"
-  "$NATS_SERVER_BIN" -c "nats-conf/cluster/n$i.conf" >"$LOGS/nats-server-$i.log" 2>&1 &
-  pids+=($!); echo $! > "$RUN/nats-server-$i.pid"
-done
+for i in 1 2 3; do start_nats "nats-server-$i" "nats-conf/cluster/n$i.conf"; done
 for i in 1 2 3; do await_line "$LOGS/nats-server-$i.log" "Server is ready" "nats-server n$i"; done
 
 # R3 streams need all three JetStream peers: wait (bounded) for a meta leader seeing two current

@@ -16,67 +16,16 @@ HISTORY_CONFIG=${HISTORY_CONFIG:-history/goim-history.dev.toml}
 EDGE_CONFIG=${EDGE_CONFIG:-edge/goim-edge.dev.toml}
 AUTHSVC_CONFIG=${AUTHSVC_CONFIG:-authsvc/goim-authsvc.dev.toml}
 CHATBOT_CONFIG=${CHATBOT_CONFIG:-examples/chatbot/goim-chatbot.dev.toml}
-RUN=.state/run
-LOGS=.state/logs
-mkdir -p "$RUN" "$LOGS"
+source scripts/lib.sh
 
-# Also refuses while `make run-cluster` runs (same ports).
-for f in "$RUN"/*.pid; do
-  [[ -f $f ]] || continue
-  if kill -0 "$(cat "$f")" 2>/dev/null; then
-    echo "already running ($(basename "$f" .pid), pid $(cat "$f")); use 'make stop' first" >&2
-    exit 1
-  fi
-done
-
-pids=()
-cleanup() {
-  trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f "$RUN"/*.pid
-  echo "stopped"
-}
-trap cleanup INT TERM EXIT
-
-# Wait (bounded) until file $1 contains the fixed string $2.
-await_line() {
-  local file=$1 text=$2 what=$3
-  for _ in $(seq 1 200); do
-    grep -qF "$text" "$file" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "$what did not start; see $file" >&2
-  tail -n 20 "$file" >&2
-  exit 1
-}
-
-: > "$LOGS/nats-server.log"
-"$NATS_SERVER_BIN" -c nats-conf/dev.conf >"$LOGS/nats-server.log" 2>&1 &
-pids+=($!); echo $! > "$RUN/nats-server.pid"
+start_nats nats-server nats-conf/dev.conf
 await_line "$LOGS/nats-server.log" "Server is ready" nats-server
-
-: > "$LOGS/goim-history.out"
-"$HISTORY_BIN" --config "$HISTORY_CONFIG" >"$LOGS/goim-history.out" 2> >(tee -a "$LOGS/goim-history.log" >&2) &
-pids+=($!); echo $! > "$RUN/goim-history.pid"
-await_line "$LOGS/goim-history.out" "goim-history ready" goim-history
-
-: > "$LOGS/goim-authsvc.out"
-"$AUTHSVC_BIN" --config "$AUTHSVC_CONFIG" >"$LOGS/goim-authsvc.out" 2> >(tee -a "$LOGS/goim-authsvc.log" >&2) &
-pids+=($!); echo $! > "$RUN/goim-authsvc.pid"
-await_line "$LOGS/goim-authsvc.out" "goim-authsvc ready" goim-authsvc
-
-: > "$LOGS/goim-edge.out"
-"$EDGE_BIN" --config "$EDGE_CONFIG" >"$LOGS/goim-edge.out" 2> >(tee -a "$LOGS/goim-edge.log" >&2) &
-pids+=($!); echo $! > "$RUN/goim-edge.pid"
-await_line "$LOGS/goim-edge.out" "goim-edge ready" goim-edge
-
+start goim-history "goim-history ready" "$HISTORY_BIN" --config "$HISTORY_CONFIG"
+start goim-authsvc "goim-authsvc ready" "$AUTHSVC_BIN" --config "$AUTHSVC_CONFIG"
+start goim-edge "goim-edge ready" "$EDGE_BIN" --config "$EDGE_CONFIG"
 # The example chatbot (examples/chatbot): answers op-4 messages into their room, so the demo page's
 # "Send" shows a reply.
-: > "$LOGS/goim-chatbot.out"
-"$CHATBOT_BIN" --config "$CHATBOT_CONFIG" >"$LOGS/goim-chatbot.out" 2> >(tee -a "$LOGS/goim-chatbot.log" >&2) &
-pids+=($!); echo $! > "$RUN/goim-chatbot.pid"
-await_line "$LOGS/goim-chatbot.out" "goim-chatbot ready" goim-chatbot
+start goim-chatbot "goim-chatbot ready" "$CHATBOT_BIN" --config "$CHATBOT_CONFIG"
 
 cat <<MSG
 
