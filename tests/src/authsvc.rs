@@ -80,6 +80,8 @@ pub struct AuthSvcOpts {
     pub connect: String,
     /// `mode = "dev"` (needed for allow-all).
     pub dev: bool,
+    /// `http.demo_path` (the browser demo page, tests/tests/demo.rs); "" = none.
+    pub demo_path: String,
     pub extra_toml: String,
 }
 
@@ -90,6 +92,7 @@ impl AuthSvcOpts {
             keys: vec![signing_key.into()],
             connect: String::new(),
             dev: false,
+            demo_path: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -106,6 +109,12 @@ impl AuthSvcOpts {
 
     pub fn dev(mut self) -> Self {
         self.dev = true;
+        self
+    }
+
+    /// Serve the browser demo page at `path` (`http.demo_path`).
+    pub fn demo_path(mut self, path: &str) -> Self {
+        self.demo_path = path.into();
         self
     }
 }
@@ -125,8 +134,9 @@ impl AuthSvc {
             toml.push_str("mode = \"dev\"\n");
         }
         toml.push_str(&format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nreuse_port = false\napi_keys = [\"{API_KEY}\"]\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\nreuse_port = false\napi_keys = [\"{API_KEY}\"]\ndemo_path = {}\n\
              [nats]\nurls = [\"{}\"]\n[tokens]\nsigning_key = \"{}\"\n",
+            crate::edge::toml_str(&opts.demo_path),
             nats.url(),
             opts.signing_key
         ));
@@ -163,6 +173,10 @@ impl AuthSvc {
 
     pub fn kill(&mut self) {
         self.proc.kill();
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        self.proc.log_tail(n)
     }
 
     /// `POST /auth/token` with the test API key.

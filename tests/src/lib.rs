@@ -17,7 +17,6 @@ pub mod browser;
 pub mod callout;
 pub mod chatbot;
 pub mod cluster;
-pub mod demo;
 pub mod edge;
 pub mod goim;
 pub mod history;

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use goim_nats_tests::authsvc::{http_request, API_KEY};
+use goim_nats_tests::authsvc::{http_request, AuthSvc, AuthSvcOpts, API_KEY};
 use goim_nats_tests::browser::Chromium;
 use goim_nats_tests::chatbot::Chatbot;
-use goim_nats_tests::demo::DemoAuthSvc;
 use goim_nats_tests::history::{History, HistoryOpts, JsPub};
 use goim_nats_tests::{Auth, Client, Edge, EdgeOpts, KeyDir, NatsServer, Transport};
 
@@ -31,7 +30,7 @@ async fn the_demo_page_shows_pushes_sent_messages_the_online_count_and_history()
     let nats = NatsServer::start().await;
     let keys = KeyDir::new(&["k1"]);
     let _history = History::start(&nats, HistoryOpts::new().key(&keys, "k1")).await;
-    let authsvc = DemoAuthSvc::start(&nats, &keys, "/demo/").await;
+    let authsvc = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1").demo_path("/demo/")).await;
     let edge = Edge::start(&nats, token_edge(&keys)).await;
     let _bot = Chatbot::start(&nats, "demo-bot", "").await;
 
@@ -131,7 +130,7 @@ async fn the_demo_page_shows_pushes_sent_messages_the_online_count_and_history()
 async fn a_refused_api_key_is_shown_and_the_page_is_served_only_where_configured() {
     let nats = NatsServer::start().await;
     let keys = KeyDir::new(&["k1"]);
-    let authsvc = DemoAuthSvc::start(&nats, &keys, "/play/").await;
+    let authsvc = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1").demo_path("/play/")).await;
     let edge = Edge::start(&nats, token_edge(&keys)).await;
 
     // The page and its scripts, with their types; the bare path redirects; nothing else is served.
@@ -146,7 +145,7 @@ async fn a_refused_api_key_is_shown_and_the_page_is_served_only_where_configured
     for path in ["/demo/", "/play/../Cargo.toml", "/play/x.js", "/play/goim.js/"] {
         assert_eq!(head_of(authsvc.http, path).await.0, 404, "{path}");
     }
-    let off = DemoAuthSvc::start(&nats, &keys, "").await;
+    let off = AuthSvc::start(&nats, &keys, AuthSvcOpts::new("k1")).await;
     assert_eq!(head_of(off.http, "/demo/").await.0, 404, "no page unless http.demo_path is set");
 
     // A wrong API key: the page says the token was refused and stays disconnected.
