@@ -78,6 +78,10 @@ pub struct ListenConfig {
     pub ws: String,
     /// The only path the WebSocket upgrade accepts (goim: exactly `/sub`).
     pub ws_path: String,
+    /// Agree to permessage-deflate (RFC 7692) with WebSocket clients that offer it (browsers do).
+    /// On by default: a push is compressed once per hub batch for all such clients, not per
+    /// connection, and no connection holds compression state while idle (`crate::transport::ws`).
+    pub ws_permessage_deflate: bool,
     /// Set SO_REUSEPORT so several edge processes can share one port.
     pub reuse_port: bool,
     /// Listen backlog.
@@ -95,6 +99,7 @@ impl Default for ListenConfig {
             tcp: "0.0.0.0:3101".into(),
             ws: "0.0.0.0:3102".into(),
             ws_path: "/sub".into(),
+            ws_permessage_deflate: true,
             reuse_port: true,
             backlog: 4096,
             http: String::new(),

@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::outbox::Push;
 use crate::protocol::encode_push_seq;
 use crate::subjects;
 
@@ -109,7 +110,8 @@ pub struct HistoryInfo {
 pub struct Stored {
     pub seq: u64,
     pub op: i32,
-    pub frame: Bytes,
+    /// The encoded push, shared by its live fan-out, the ring and every replay of it.
+    pub frame: Push,
 }
 
 /// Messages kept per stored room for joins and resumes without a JetStream round trip.
@@ -349,7 +351,7 @@ impl History {
             None => self.default_op,
             Some(v) => subjects::parse_op(v.as_str())?,
         };
-        Some(Stored { seq, op, frame: encode_push_seq(op, encode_seq(class, seq), payload) })
+        Some(Stored { seq, op, frame: Push::new(encode_push_seq(op, encode_seq(class, seq), payload)) })
     }
 
     /// Messages of `subject` with sequence in `(after, upto]` (`upto` = 0: up to the newest), at most

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::bridge::Bridge;
 use crate::config::{Config, PerConnectionSubjects};
 use crate::history::{widen, History, RecoveryFailed, Sequenced, Stored};
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, Push};
 use crate::protocol::encode_push;
 use crate::stats::{CloseReason, Stats};
 use crate::subjects;
@@ -569,7 +569,7 @@ impl Hub {
                     self.fan_out_frames(group, &frames);
                     frames.clear();
                     if let Some((op, frame)) = self.encode(msg) {
-                        self.fan_out_paced(group, op, &frame, None, rate).await;
+                        self.fan_out_paced(group, op, &Push::new(frame), None, rate).await;
                     }
                 }
                 None => frames.extend(self.encode(msg)),
@@ -647,7 +647,7 @@ impl Hub {
 
     /// Queue one push for `member`: into its held buffer while it resumes this stored subject, else
     /// into its outbox. Returns whether it was queued for sending now.
-    fn offer(&self, group: &Group, member: &Member, frame: &Bytes, held: Option<(&mut HashMap<u64, Vec<Stored>>, &Stored)>) -> bool {
+    fn offer(&self, group: &Group, member: &Member, frame: &Push, held: Option<(&mut HashMap<u64, Vec<Stored>>, &Stored)>) -> bool {
         if let Some((held, stored)) = held {
             if let Some(buffer) = held.get_mut(&member.id) {
                 if buffer.len() >= crate::history::MAX_HELD {
@@ -673,7 +673,7 @@ impl Hub {
     /// The hub's fan-out: `frame` to every member that should get it (room: all; user, key,
     /// broadcast: those accepting `op`). `stored` is set for a stored subject's message, whose
     /// resuming members get it through their held buffer.
-    fn fan_out(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>) {
+    fn fan_out(&self, group: &Group, op: i32, frame: &Push, stored: Option<(&Sequenced, &Stored)>) {
         let members = group.members.read().unwrap_or_else(|p| p.into_inner());
         self.fan_out_to(group, &members, op, frame, stored);
     }
@@ -687,7 +687,7 @@ impl Hub {
         seq.record(prev, stored);
     }
 
-    fn fan_out_to(&self, group: &Group, members: &Members, op: i32, frame: &Bytes, stored: Option<(&Sequenced, &Stored)>) {
+    fn fan_out_to(&self, group: &Group, members: &Members, op: i32, frame: &Push, stored: Option<(&Sequenced, &Stored)>) {
         let mut held = stored.map(|(seq, s)| (seq.held(), s));
         let mut delivered = 0u64;
         for member in members.values() {
@@ -716,7 +716,7 @@ impl Hub {
                 end += 1;
             }
             match &frames[start..end] {
-                [(op, frame)] => self.fan_out(group, *op, frame, None),
+                [(op, frame)] => self.fan_out(group, *op, &Push::new(frame.clone()), None),
                 chunk => self.fan_out_chunk(group, chunk),
             }
             start = end;
@@ -734,7 +734,7 @@ impl Hub {
             buf.freeze()
         };
         let full: u64 = if chunk.len() == 64 { u64::MAX } else { (1u64 << chunk.len()) - 1 };
-        let whole = concat(full);
+        let whole = Push::new(concat(full));
         // The distinct ops of the chunk and which packets carry each: one accepts check per op.
         let mut ops: Vec<(i32, u64)> = Vec::new();
         for (i, (op, _)) in chunk.iter().enumerate() {
@@ -743,7 +743,7 @@ impl Hub {
                 None => ops.push((*op, 1 << i)),
             }
         }
-        let mut subsets: HashMap<u64, Bytes> = HashMap::new();
+        let mut subsets: HashMap<u64, Push> = HashMap::new();
         let members = group.members.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0u64;
         for member in members.values() {
@@ -754,7 +754,7 @@ impl Hub {
             let item = match mask {
                 0 => continue,
                 m if m == full => whole.clone(),
-                m => subsets.entry(m).or_insert_with(|| concat(m)).clone(),
+                m => subsets.entry(m).or_insert_with(|| Push::new(concat(m))).clone(),
             };
             if self.offer(group, member, &item, None) {
                 delivered += u64::from(mask.count_ones());
@@ -766,7 +766,7 @@ impl Hub {
     /// [`Hub::fan_out`] spread over time: the members present now (that accept the op) are reached
     /// at `rate` connections per second, the first at once. Runs in the subject's own task, so later
     /// messages of the subject wait (their order is kept) and other subjects are not held up.
-    async fn fan_out_paced(&self, group: &Group, op: i32, frame: &Bytes, stored: Option<(&Sequenced, u64, &Stored)>, rate: u64) {
+    async fn fan_out_paced(&self, group: &Group, op: i32, frame: &Push, stored: Option<(&Sequenced, u64, &Stored)>, rate: u64) {
         // Under the members lock, at once: the members to reach, and for a stored message its
         // recording and its copies for members still resuming (their held buffers). A member that
         // joins later finds it in the ring; one that is resuming now gets it after its replay, unless
@@ -815,7 +815,7 @@ impl Hub {
         let Ok(key) = subjects::unescape_token(token) else { return };
         let Some(member) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).cloned() else { return };
         let Some((op, frame)) = self.encode(msg) else { return };
-        if member.accepts(op) && member.outbox.push(Outgoing::Push(frame)).is_ok() {
+        if member.accepts(op) && member.outbox.push(Outgoing::Push(Push::new(frame))).is_ok() {
             self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -947,7 +947,7 @@ impl Hub {
     /// the 30-bit value of a push's seq field) and stop holding its live messages. Returns the replay's
     /// outcome and the held live messages past it, for the caller to queue after its resume answer:
     /// in order, no duplicates.
-    pub async fn resume(&self, group: &Group, member: &Arc<Member>, from: u64) -> (Result<usize, RecoveryFailed>, Vec<Bytes>) {
+    pub async fn resume(&self, group: &Group, member: &Arc<Member>, from: u64) -> (Result<usize, RecoveryFailed>, Vec<Push>) {
         let Some(seq) = &group.seq else {
             return (Err(RecoveryFailed::Unavailable(format!("{} is not stored", group.subject))), Vec::new());
         };

@@ -9,7 +9,8 @@
 //! left connected while some of its messages are dropped, and a producer never waits on a slow client.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use crate::stats::CloseReason;
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// An encoded server push (ver 1, business op, seq 0), shared by all recipients.
-    Push(Bytes),
+    Push(Push),
     /// An encoded reply to one of this client's packets.
     Reply(Bytes),
     /// Bytes already framed for the transport (a WebSocket pong or close), written as they are.
@@ -32,14 +33,67 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
+    /// The item's uncompressed size: what the outbound bound counts.
     pub fn len(&self) -> usize {
         match self {
-            Outgoing::Push(b) | Outgoing::Reply(b) | Outgoing::Control(b) => b.len(),
+            Outgoing::Push(p) => p.len(),
+            Outgoing::Reply(b) | Outgoing::Control(b) => b.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One or more encoded push packets, shared by every recipient (one allocation per hub batch, cloned
+/// per member as a reference count), with a form that transports derive from them once for all
+/// recipients: the permessage-deflate WebSocket message, computed by the first writer of a
+/// connection that negotiated the extension and reused by every other one
+/// (`crate::transport::ws`). Derefs to the packets.
+#[derive(Clone)]
+pub struct Push(Arc<PushInner>);
+
+struct PushInner {
+    packets: Bytes,
+    /// The compressed WebSocket message payload; `Some(None)` once found not worth compressing.
+    deflated: OnceLock<Option<Bytes>>,
+}
+
+impl Push {
+    pub fn new(packets: Bytes) -> Push {
+        Push(Arc::new(PushInner { packets, deflated: OnceLock::new() }))
+    }
+
+    /// The encoded packets.
+    pub fn packets(&self) -> &Bytes {
+        &self.0.packets
+    }
+
+    /// The shared compressed form: `compress(packets)` on the first call (concurrent callers wait for
+    /// it), the stored result after. `compress` must depend on the packets only.
+    pub fn deflated(&self, compress: impl FnOnce(&Bytes) -> Option<Bytes>) -> Option<&Bytes> {
+        self.0.deflated.get_or_init(|| compress(&self.0.packets)).as_ref()
+    }
+}
+
+impl Deref for Push {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.0.packets
+    }
+}
+
+impl From<Bytes> for Push {
+    fn from(packets: Bytes) -> Push {
+        Push::new(packets)
+    }
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Push").field("len", &self.0.packets.len()).field("deflated", &self.0.deflated.get()).finish()
     }
 }
 
@@ -218,7 +272,7 @@ mod tests {
     async fn batches_everything_queued_in_order() {
         let o = Outbox::new(1024);
         o.open();
-        o.push(Outgoing::Push(Bytes::from_static(b"a"))).unwrap();
+        o.push(Outgoing::Push(Push::from(Bytes::from_static(b"a")))).unwrap();
         o.push(Outgoing::Reply(Bytes::from_static(b"bb"))).unwrap();
         assert_eq!(o.queued_bytes(), 3);
         match o.next_batch().await {
@@ -235,13 +289,13 @@ mod tests {
     #[tokio::test]
     async fn exceeding_the_bound_closes_as_slow_consumer() {
         let o = Outbox::new(10);
-        o.push(Outgoing::Push(Bytes::from_static(b"12345678"))).unwrap();
+        o.push(Outgoing::Push(Push::from(Bytes::from_static(b"12345678")))).unwrap();
         assert_eq!(
-            o.push(Outgoing::Push(Bytes::from_static(b"123"))),
+            o.push(Outgoing::Push(Push::from(Bytes::from_static(b"123")))),
             Err(CloseReason::SlowConsumer)
         );
         // Later pushes are refused with the same reason, and the writer sees the close.
-        assert_eq!(o.push(Outgoing::Push(Bytes::from_static(b"1"))), Err(CloseReason::SlowConsumer));
+        assert_eq!(o.push(Outgoing::Push(Push::from(Bytes::from_static(b"1")))), Err(CloseReason::SlowConsumer));
         assert!(matches!(o.next_batch().await, Batch::Closed(CloseReason::SlowConsumer)));
     }
 
@@ -252,7 +306,7 @@ mod tests {
         let o2 = o.clone();
         let writer = tokio::spawn(async move { o2.next_batch().await });
         tokio::task::yield_now().await;
-        o.push(Outgoing::Push(Bytes::from_static(b"x"))).unwrap();
+        o.push(Outgoing::Push(Push::from(Bytes::from_static(b"x")))).unwrap();
         assert!(matches!(writer.await.unwrap(), Batch::Items(v) if v.len() == 1));
     }
 
@@ -260,7 +314,7 @@ mod tests {
     async fn paced_push_waits_for_the_writer_instead_of_overflowing() {
         let o = std::sync::Arc::new(Outbox::new(100));
         o.open();
-        let item = || Outgoing::Push(Bytes::from(vec![0u8; 30]));
+        let item = || Outgoing::Push(Push::from(Bytes::from(vec![0u8; 30])));
         // More than half full after each push: every further paced push waits for the writer.
         let o2 = o.clone();
         let pusher = tokio::spawn(async move {
@@ -282,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_goes_out_before_the_auth_reply_which_goes_first() {
         let o = std::sync::Arc::new(Outbox::new(100));
-        o.push(Outgoing::Push(Bytes::from_static(b"early"))).unwrap();
+        o.push(Outgoing::Push(Push::from(Bytes::from_static(b"early")))).unwrap();
         let o2 = o.clone();
         let writer = tokio::spawn(async move { o2.next_batch().await });
         tokio::task::yield_now().await;

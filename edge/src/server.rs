@@ -319,8 +319,9 @@ fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepte
 async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     let _ = stream.set_nodelay(true);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
-    let inbuf = match tokio::time::timeout_at(deadline, ws::upgrade(&stream, &ctx.config.listen.ws_path)).await {
-        Ok(Ok(inbuf)) => inbuf,
+    let upgrade = ws::upgrade(&stream, &ctx.config.listen.ws_path, ctx.config.listen.ws_permessage_deflate);
+    let (inbuf, deflate) = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
         outcome => {
             let reason = match outcome {
                 Err(_) => CloseReason::HandshakeTimeout,
@@ -340,9 +341,9 @@ async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
             return;
         }
     };
-    let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes);
+    let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes, deflate);
     let session = Session::new(ctx, peer, accepted_at);
-    let task = serve(session, stream, inbuf, decoder, WsEncoder, "ws");
+    let task = serve(session, stream, inbuf, decoder, WsEncoder::new(deflate), "ws");
     log_task_size("ws", &task);
     tokio::spawn(task);
 }

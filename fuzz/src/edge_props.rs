@@ -320,7 +320,9 @@ pub fn decode_ws_frames(
     chunk_sizes: &[usize],
     max_message: usize,
 ) -> (Vec<Message>, Option<FrameError>) {
-    let mut d = WsDecoder::new(max_message);
+    // With permessage-deflate agreed: the superset (RSV1 messages are inflated, bounded by the same
+    // limit; every stream valid without the extension decodes the same with it).
+    let mut d = WsDecoder::new(max_message, true);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let (mut fed, mut i) = (0, 0);

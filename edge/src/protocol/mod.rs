@@ -2,9 +2,10 @@
 //!
 //! `packet` owns the 16-byte header and the stream/frame decoders, `op` the operation numbers and
 //! `raw` the op-9 wrapper that carries one or more complete packets to WebSocket clients, `websocket`
-//! the RFC 6455 frames those travel in. Everything here
+//! the RFC 6455 frames those travel in and `deflate` their permessage-deflate extension. Everything here
 //! is deterministic and unit-tested; the transports in `crate::transport` only move the bytes.
 
+pub mod deflate;
 pub mod op;
 pub mod packet;
 pub mod raw;

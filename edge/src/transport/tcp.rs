@@ -26,8 +26,10 @@ impl Encode for TcpEncoder {
     fn encode(&self, items: &VecDeque<Outgoing>, out: &mut BytesMut) {
         out.reserve(items.iter().map(Outgoing::len).sum());
         for item in items {
-            let (Outgoing::Push(b) | Outgoing::Reply(b) | Outgoing::Control(b)) = item;
-            out.extend_from_slice(b);
+            match item {
+                Outgoing::Push(p) => out.extend_from_slice(p),
+                Outgoing::Reply(b) | Outgoing::Control(b) => out.extend_from_slice(b),
+            }
         }
     }
 }
