@@ -490,7 +490,7 @@ impl Hub {
         };
         let group = self.lock_groups().get(subject).cloned();
         let Some(group) = group.filter(|g| g.own.is_none() && g.seq.is_some() == live) else { return };
-        self.on_messages(&group, vec![msg]).await;
+        self.on_messages(&group, vec![msg], std::time::Instant::now()).await;
     }
 
     /// A group's task: subscribe, confirm with a round trip, then deliver until aborted (the last
@@ -513,16 +513,18 @@ impl Hub {
         self.bridge.barrier(self.bridge.client_index(&nats_subject)).await;
         own.state.send_replace(SubState::Active);
         debug!(subject = %group.subject, "subscribed");
-        while let Some(batch) = self.collect(&mut sub).await {
-            self.on_messages(&group, batch).await;
+        while let Some((batch, arrived)) = self.collect(&mut sub).await {
+            self.on_messages(&group, batch, arrived).await;
         }
     }
 
     /// The next batch of a subscription: its next message, then everything that arrives within the
     /// coalescing window — or, without a window, only what is already waiting (adaptive coalescing:
-    /// a busy subject batches by itself, an idle one adds no latency). None when the subscription ends.
-    async fn collect(&self, sub: &mut Subscriber) -> Option<Vec<Message>> {
+    /// a busy subject batches by itself, an idle one adds no latency), with when the first arrived.
+    /// None when the subscription ends.
+    async fn collect(&self, sub: &mut Subscriber) -> Option<(Vec<Message>, std::time::Instant)> {
         let first = sub.next().await?;
+        let arrived = std::time::Instant::now();
         let mut batch = vec![first];
         match self.window {
             Some(window) => {
@@ -547,7 +549,7 @@ impl Hub {
                 }
             }
         }
-        Some(batch)
+        Some((batch, arrived))
     }
 
     /// Deliver a batch of one subject's messages, in order. Stored subjects go message by message
@@ -555,7 +557,7 @@ impl Hub {
     /// in one write); others are encoded once and handed to each member as one queue entry per
     /// [`MAX_BATCH`] messages. A broadcast paced by `Goim-Speed` ends the batch before it and is
     /// spread over time in this group's own task (later messages wait, other subjects do not).
-    async fn on_messages(&self, group: &Group, batch: Vec<Message>) {
+    async fn on_messages(&self, group: &Group, batch: Vec<Message>, arrived: std::time::Instant) {
         if let Some(seq) = &group.seq {
             for msg in &batch {
                 self.deliver_stored(group, seq, msg).await;
@@ -566,7 +568,7 @@ impl Hub {
         for msg in &batch {
             match self.broadcast_rate(group, msg) {
                 Some(rate) => {
-                    self.fan_out_frames(group, &frames);
+                    self.fan_out_frames(group, &frames, arrived);
                     frames.clear();
                     if let Some((op, frame)) = self.encode(msg) {
                         self.fan_out_paced(group, op, &Push::new(frame), None, rate).await;
@@ -575,7 +577,7 @@ impl Hub {
                 None => frames.extend(self.encode(msg)),
             }
         }
-        self.fan_out_frames(group, &frames);
+        self.fan_out_frames(group, &frames, arrived);
     }
 
     /// Connections per second this edge may reach for a broadcast carrying `Goim-Speed` (a
@@ -706,7 +708,7 @@ impl Hub {
     /// the packets it accepts (room: all) concatenated into one queue entry per chunk of at most
     /// [`MAX_BATCH`] packets and `max_batch_bytes` bytes. The concatenation is built once per distinct
     /// accepted subset (normally one: the whole chunk), not once per member.
-    fn fan_out_frames(&self, group: &Group, frames: &[(i32, Bytes)]) {
+    fn fan_out_frames(&self, group: &Group, frames: &[(i32, Bytes)], arrived: std::time::Instant) {
         let mut start = 0;
         while start < frames.len() {
             let mut end = start + 1;
@@ -716,14 +718,14 @@ impl Hub {
                 end += 1;
             }
             match &frames[start..end] {
-                [(op, frame)] => self.fan_out(group, *op, &Push::new(frame.clone()), None),
-                chunk => self.fan_out_chunk(group, chunk),
+                [(op, frame)] => self.fan_out(group, *op, &Push::arrived_at(frame.clone(), arrived), None),
+                chunk => self.fan_out_chunk(group, chunk, arrived),
             }
             start = end;
         }
     }
 
-    fn fan_out_chunk(&self, group: &Group, chunk: &[(i32, Bytes)]) {
+    fn fan_out_chunk(&self, group: &Group, chunk: &[(i32, Bytes)], arrived: std::time::Instant) {
         let concat = |mask: u64| {
             let mut buf = BytesMut::new();
             for (i, (_, frame)) in chunk.iter().enumerate() {
@@ -734,7 +736,7 @@ impl Hub {
             buf.freeze()
         };
         let full: u64 = if chunk.len() == 64 { u64::MAX } else { (1u64 << chunk.len()) - 1 };
-        let whole = Push::new(concat(full));
+        let whole = Push::arrived_at(concat(full), arrived);
         // The distinct ops of the chunk and which packets carry each: one accepts check per op.
         let mut ops: Vec<(i32, u64)> = Vec::new();
         for (i, (op, _)) in chunk.iter().enumerate() {
@@ -754,7 +756,7 @@ impl Hub {
             let item = match mask {
                 0 => continue,
                 m if m == full => whole.clone(),
-                m => subsets.entry(m).or_insert_with(|| Push::new(concat(m))).clone(),
+                m => subsets.entry(m).or_insert_with(|| Push::arrived_at(concat(m), arrived)).clone(),
             };
             if self.offer(group, member, &item, None) {
                 delivered += u64::from(mask.count_ones());

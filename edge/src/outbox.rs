@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -56,13 +57,26 @@ pub struct Push(Arc<PushInner>);
 
 struct PushInner {
     packets: Bytes,
+    /// When the first of these packets' NATS messages was taken off its subscription: where the push
+    /// latency histogram (`crate::stats::Stats::push_latency`) starts.
+    arrived: Instant,
     /// The compressed WebSocket message payload; `Some(None)` once found not worth compressing.
     deflated: OnceLock<Option<Bytes>>,
 }
 
 impl Push {
+    /// Packets whose message arrived just now.
     pub fn new(packets: Bytes) -> Push {
-        Push(Arc::new(PushInner { packets, deflated: OnceLock::new() }))
+        Push::arrived_at(packets, Instant::now())
+    }
+
+    /// Packets whose (first) message arrived at `arrived` (a coalesced batch: its first message).
+    pub fn arrived_at(packets: Bytes, arrived: Instant) -> Push {
+        Push(Arc::new(PushInner { packets, arrived, deflated: OnceLock::new() }))
+    }
+
+    pub fn arrived(&self) -> Instant {
+        self.0.arrived
     }
 
     /// The encoded packets.

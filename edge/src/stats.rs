@@ -111,6 +111,49 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
+/// Upper bounds (seconds) of the push latency histogram's buckets; the last bucket is `+Inf`.
+pub const LATENCY_BOUNDS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A fixed-bucket latency histogram of plain atomics: recording is a bucket search over 14 bounds and
+/// three relaxed adds, reading never blocks a recorder, and its size is fixed (never per connection).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); index `LATENCY_BOUNDS.len()` is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = LATENCY_BOUNDS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (`le`), the `+Inf` count last, and the sum in seconds.
+    pub fn read(&self) -> HistogramSnapshot {
+        let mut cumulative = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
+        let mut total = 0;
+        for b in &self.buckets {
+            total += b.load(Ordering::Relaxed);
+            cumulative.push(total);
+        }
+        HistogramSnapshot { cumulative, sum_secs: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count: total }
+    }
+}
+
+/// What [`Histogram::read`] saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistogramSnapshot {
+    /// Observations at or under each of [`LATENCY_BOUNDS`], then all of them (`+Inf`).
+    pub cumulative: Vec<u64>,
+    pub sum_secs: f64,
+    pub count: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Accepted sockets that have not closed yet (authenticated or not).
@@ -124,6 +167,9 @@ pub struct Stats {
     pub nats_subscriptions: AtomicI64,
     /// Bytes written to client sockets (framing included).
     pub bytes_written: AtomicU64,
+    /// From a push's arrival at the edge (its NATS message read off the connection) to the end of the
+    /// socket write that carried it to a client: sampled once per write, for the oldest push in it.
+    pub push_latency: Histogram,
     closed: [AtomicU64; CloseReason::ALL.len()],
     /// Pushes delivered into connection queues.
     pub delivered: AtomicU64,
@@ -244,6 +290,7 @@ impl Stats {
             nats_connected: 0,
             nats_connections: 0,
             nats_reconnects: 0,
+            push_latency: self.push_latency.read(),
             denied: self
                 .denied
                 .lock()
@@ -290,6 +337,8 @@ pub struct Snapshot {
     pub nats_connections: usize,
     /// NATS connections re-established after a loss, over all shared connections.
     pub nats_reconnects: u64,
+    /// Push arrival → socket write, see [`Stats::push_latency`].
+    pub push_latency: HistogramSnapshot,
     pub denied: std::collections::BTreeMap<String, u64>,
     pub closed: std::collections::BTreeMap<String, u64>,
 }
@@ -343,6 +392,19 @@ impl Snapshot {
         metric("nats_connections", "gauge", "Shared NATS connections of the edge.", &one(self.nats_connections as u64));
         metric("nats_connected", "gauge", "Shared NATS connections up right now.", &one(self.nats_connected as u64));
         metric("nats_reconnects_total", "counter", "NATS connections re-established after a loss.", &one(self.nats_reconnects));
+        let h = &self.push_latency;
+        let _ = writeln!(
+            out,
+            "# HELP goim_edge_push_latency_seconds From a push's arrival at the edge to the socket write that carried it (oldest push per write).\n\
+             # TYPE goim_edge_push_latency_seconds histogram"
+        );
+        for (i, count) in h.cumulative.iter().enumerate() {
+            match LATENCY_BOUNDS.get(i) {
+                Some(bound) => { let _ = writeln!(out, "goim_edge_push_latency_seconds_bucket{{le=\"{bound}\"}} {count}"); }
+                None => { let _ = writeln!(out, "goim_edge_push_latency_seconds_bucket{{le=\"+Inf\"}} {count}"); }
+            }
+        }
+        let _ = writeln!(out, "goim_edge_push_latency_seconds_sum {}\ngoim_edge_push_latency_seconds_count {}", h.sum_secs, h.count);
         out
     }
 }
@@ -364,6 +426,32 @@ mod tests {
         assert_eq!(snap.closed["packet_rate"], 2);
         assert_eq!(snap.closed["max_connections"], 1);
         assert_eq!(snap.closed.len(), CloseReason::ALL.len());
+    }
+
+    #[test]
+    fn the_latency_histogram_counts_into_cumulative_buckets() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(50)); // ≤ 0.0001
+        h.record(Duration::from_micros(100)); // ≤ 0.0001 (bounds are inclusive)
+        h.record(Duration::from_millis(3)); // ≤ 0.005
+        h.record(Duration::from_secs(10)); // +Inf only
+        let s = h.read();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.cumulative.len(), LATENCY_BOUNDS.len() + 1);
+        assert_eq!(s.cumulative[0], 2);
+        assert_eq!(s.cumulative[4], 2, "≤ 0.0025");
+        assert_eq!(s.cumulative[5], 3, "≤ 0.005");
+        assert_eq!(s.cumulative[LATENCY_BOUNDS.len() - 1], 3, "≤ 2.5");
+        assert_eq!(s.cumulative[LATENCY_BOUNDS.len()], 4, "+Inf");
+        assert!((s.sum_secs - 10.00315).abs() < 1e-9, "{}", s.sum_secs);
+        let stats = Stats::default();
+        stats.push_latency.record(Duration::from_millis(1));
+        let text = stats.snapshot("e").prometheus();
+        assert!(text.contains("# TYPE goim_edge_push_latency_seconds histogram"), "{text}");
+        assert!(text.contains("goim_edge_push_latency_seconds_bucket{le=\"0.0005\"} 0\n"), "{text}");
+        assert!(text.contains("goim_edge_push_latency_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("goim_edge_push_latency_seconds_bucket{le=\"+Inf\"} 1\n"), "{text}");
+        assert!(text.contains("goim_edge_push_latency_seconds_count 1\n"), "{text}");
     }
 
     #[test]

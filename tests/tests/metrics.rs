@@ -46,6 +46,15 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
     assert!(subs >= 2, "room + wildcards: {body}");
     assert!(sample(&body, "goim_edge_bytes_written_total").is_some_and(|b| b >= 6 * 16), "{body}");
     assert_eq!(sample(&body, "goim_edge_nats_reconnects_total"), Some(0), "{body}");
+    // Push latency: one observation per write carrying pushes (the TCP client alone saw three).
+    let body = poll("push latency observed", 200, Duration::from_millis(25), || async {
+        let body = nats::http_get(port, "/metrics").await.1;
+        sample(&body, "goim_edge_push_latency_seconds_count").is_some_and(|n| n >= 3).then_some(body)
+    })
+    .await;
+    let count = sample(&body, "goim_edge_push_latency_seconds_count");
+    assert_eq!(sample(&body, "goim_edge_push_latency_seconds_bucket{le=\"+Inf\"}"), count, "{body}");
+    assert!(sample(&body, "goim_edge_push_latency_seconds_bucket{le=\"2.5\"}") == count, "on loopback every push is written within 2.5 s: {body}");
     let mut other = Client::connect_auth(Transport::Tcp, &edge, Auth::new(3).room("live://n")).await;
     let body = wait_metric(&edge, "goim_edge_rooms", 2).await;
     assert_eq!(sample(&body, "goim_edge_nats_subscriptions"), Some(subs + 1), "{body}");

@@ -239,11 +239,11 @@ fn write_loop<'a>(
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
     async move {
         loop {
-            let out = match poll_fn(|cx| member.outbox.poll_next_batch(cx)).await {
+            let (out, oldest) = match poll_fn(|cx| member.outbox.poll_next_batch(cx)).await {
                 Batch::Items(items) => {
                     let mut out = BytesMut::new();
                     encoder.encode(&items, &mut out);
-                    out
+                    (out, oldest_push(&items))
                 }
                 Batch::Closed(reason) => {
                     // Between whole frames here (an interrupted write ends in `write_rest`).
@@ -264,13 +264,24 @@ fn write_loop<'a>(
                 }
             };
             if written < out.len() {
-                // The client is not keeping up: wait for it in a boxed future of its own.
-                if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox)).await {
+                // The client is not keeping up: wait for it in a boxed future of its own (which also
+                // records the latency, so that nothing more is held across this await while idle).
+                if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox, stats, oldest)).await {
                     return reason;
                 }
+            } else if let Some(arrived) = oldest {
+                stats.push_latency.record(arrived.elapsed());
             }
         }
     }
+}
+
+/// When the oldest push of a batch arrived at the edge: what the push latency histogram measures from.
+fn oldest_push(items: &VecDeque<Outgoing>) -> Option<std::time::Instant> {
+    items.iter().find_map(|item| match item {
+        Outgoing::Push(p) => Some(p.arrived()),
+        _ => None,
+    })
 }
 
 /// One non-blocking read appended to `inbuf`: `Ok(0)` at end of stream.
@@ -282,8 +293,23 @@ fn read_chunk(stream: &TcpStream, inbuf: &mut BytesMut) -> io::Result<usize> {
 }
 
 /// The rest of a write the socket did not take at once; gives up as soon as the outbox closes (a
-/// kick, or the bound exceeded while this client does not read).
-async fn write_rest(stream: &TcpStream, mut buf: &[u8], outbox: &Outbox) -> Result<(), CloseReason> {
+/// kick, or the bound exceeded while this client does not read). Records the push latency (from
+/// `oldest`) when the write is complete.
+async fn write_rest(
+    stream: &TcpStream,
+    buf: &[u8],
+    outbox: &Outbox,
+    stats: &Stats,
+    oldest: Option<std::time::Instant>,
+) -> Result<(), CloseReason> {
+    write_all_or_closed(stream, buf, outbox).await?;
+    if let Some(arrived) = oldest {
+        stats.push_latency.record(arrived.elapsed());
+    }
+    Ok(())
+}
+
+async fn write_all_or_closed(stream: &TcpStream, mut buf: &[u8], outbox: &Outbox) -> Result<(), CloseReason> {
     loop {
         tokio::select! {
             ready = poll_fn(|cx| stream.poll_write_ready(cx)) => ready.map_err(|_| CloseReason::ClientGone)?,
