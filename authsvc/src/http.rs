@@ -37,6 +37,8 @@ pub fn router(state: Arc<AuthState>, max_body_bytes: usize, nats: async_nats::Cl
 async fn metrics(State(state): State<Arc<AuthState>>, nats: async_nats::Client) -> Response {
     let counters = serde_json::to_value(&state.stats).unwrap_or_default();
     let mut text = goim_common::prometheus_text("goim_authsvc", &counters);
+    let callout = serde_json::to_value(state.callout.snapshot()).unwrap_or_default();
+    text.push_str(&goim_common::prometheus_text("goim_authsvc_callout", &callout));
     text.push_str(&goim_common::nats_prometheus("goim_authsvc", &[&nats]));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -82,6 +82,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         api_keys,
         connector: Connector::new(cfg.connect.clone()),
         stats: Stats::default(),
+        callout: Default::default(),
     });
     let client = connect_nats(&cfg.nats).await;
     bus::serve(state.clone(), client.clone(), &cfg.nats.queue_group).await?;
@@ -127,7 +128,8 @@ async fn start_callout(cfg: &Config, state: &Arc<AuthState>, client: &async_nats
         &cfg.tokens.audience,
         cfg.tokens.leeway_secs,
     );
-    let callout = Arc::new(callout::Callout::new(callout_cfg, verifier).map_err(|e| StartError::Callout(e.to_string()))?);
+    let callout = callout::Callout::new(callout_cfg, verifier).map_err(|e| StartError::Callout(e.to_string()))?;
+    let callout = Arc::new(callout.with_stats(state.callout.clone()));
     let connection = if cfg.callout.nats_user.is_empty() {
         client.clone()
     } else {

@@ -14,6 +14,8 @@ pub struct AuthState {
     pub api_keys: Vec<String>,
     pub connector: Connector,
     pub stats: Stats,
+    /// The NATS auth callout's counters (all zero while `callout.enabled` is off).
+    pub callout: std::sync::Arc<crate::callout::CalloutStats>,
 }
 
 #[derive(Debug, Default, Serialize)]

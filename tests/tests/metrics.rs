@@ -103,6 +103,9 @@ async fn authsvc_and_history_metrics_follow_their_counters() {
     let (status, _) = auth.mint_http(&serde_json::json!({"mid": 7})).await;
     assert_eq!(status, 200);
     assert_eq!(metric(auth.http, "goim_authsvc_minted_http").await, Some(before + 1));
+    // The callout's counters are there too (zero: this authsvc serves no callout; the counting itself
+    // is tests/tests/callout.rs').
+    assert_eq!(metric(auth.http, "goim_authsvc_callout_requests").await, Some(0));
 
     let history = History::start(&nats, HistoryOpts::new()).await;
     let reads = metric(history.http, "goim_history_reads").await.expect("goim_history_reads");
