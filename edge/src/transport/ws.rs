@@ -8,9 +8,9 @@ use std::future::poll_fn;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::socket::{write_all, Socket};
 use super::{Decode, Encode, FramingError, Inbound};
 use crate::outbox::Outgoing;
 use crate::stats::CloseReason;
@@ -37,8 +37,9 @@ pub enum UpgradeError {
 
 /// Read the client's upgrade request and answer it: `101 Switching Protocols` on `path`, an HTTP
 /// error status (404 elsewhere, 400 for a request that is not a WebSocket upgrade, 426 for another
-/// protocol version) otherwise. Returns the bytes the client sent after its request.
-pub async fn upgrade(stream: &TcpStream, path: &str) -> Result<BytesMut, UpgradeError> {
+/// protocol version) otherwise. Returns the bytes the client sent after its request. Over TLS
+/// (WSS) `stream` is the socket after the TLS handshake.
+pub async fn upgrade(stream: &impl Socket, path: &str) -> Result<BytesMut, UpgradeError> {
     let mut buf = BytesMut::new();
     loop {
         poll_fn(|cx| stream.poll_read_ready(cx)).await?;
@@ -110,18 +111,6 @@ fn accept_response(request: &httparse::Request<'_, '_>, path: &str) -> Result<St
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     ))
-}
-
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll_fn(|cx| stream.poll_write_ready(cx)).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Client messages to packets; pings answered, pongs ignored, a close frame echoed.
