@@ -104,12 +104,15 @@ pub fn serve<S: Socket>(
     let mut decoder = decoder;
     let mut inbuf = inbuf;
     async move {
-        let stream = &stream;
+        // Used by the loops only: `stream.close()` below goes through the captured socket itself,
+        // as a reference still used after the loops would live across their awaits (8 more bytes in
+        // every connection's future; measured).
+        let socket = &stream;
         let member = session.member().clone();
         let ctx = session.context().clone();
         let reason = {
-            let reading = read_loop(&mut session, stream, &mut inbuf, &mut decoder);
-            let writing = write_loop(&member, &ctx.stats, stream, &encoder);
+            let reading = read_loop(&mut session, socket, &mut inbuf, &mut decoder);
+            let writing = write_loop(&member, &ctx.stats, socket, &encoder);
             tokio::select! {
                 r = reading => r,
                 r = writing => r,
