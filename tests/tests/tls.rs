@@ -2,8 +2,8 @@
 //! test time: goim clients over TLS-TCP and over WSS authenticate, heartbeat and get room and user
 //! pushes (large ones too, across TLS records); plaintext and broken handshakes on a TLS port are
 //! closed, not hung; the drain's close 1001 "going away" reaches a WSS client; a TLS client that
-//! stops reading is closed as `slow_consumer`; a missing or mismatched certificate is a clear
-//! start-up error.
+//! stops reading is closed as `slow_consumer`; the admission limits hold on the TLS listeners; a
+//! missing or mismatched certificate is a clear start-up error.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -336,4 +336,22 @@ async fn an_unusable_certificate_is_a_clear_start_error() {
     assert!(!status.success(), "must exit non-zero");
     assert!(stderr.contains("tls.key_path") && stderr.contains("does not fit"), "stderr must say what is wrong: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_limits_apply_to_the_tls_listeners() {
+    let nats = NatsServer::start().await;
+    let cert = self_signed();
+    let opts = EdgeOpts::new().tls(&cert.cert, &cert.key).with("limits", "max_connections", "1");
+    let mut edge = Edge::start(&nats, opts).await;
+    let tls = tls_connector(cert.pem.as_bytes());
+    let mut first = Client::connect_wss(edge.wss_addr(), &tls, NAME).await;
+    first.auth(&Auth::new(1)).await;
+    // Over the limit: closed at accept, before any TLS byte is answered.
+    let r = connect_tls_stream(edge.tls_addr(), &tls, NAME).await;
+    assert!(r.is_err(), "a connect over limits.max_connections must not complete its handshake");
+    await_closed(&edge, &nats, "max_connections", 1).await;
+    assert_eq!(first.heartbeat().await, 0, "the first client is unaffected");
+    assert_eq!(edge.stats(&nats).await["connections"].as_u64(), Some(1));
+    edge.assert_alive();
 }
