@@ -135,7 +135,7 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// From accept (including the WebSocket upgrade) to a successful op-7 auth.
+    /// From accept (including the TLS handshake and the WebSocket upgrade) to a successful op-7 auth.
     pub handshake_timeout_ms: u64,
     /// Closed when no op-2 heartbeat arrives for this long (goim: 4 min × 2).
     pub idle_timeout_ms: u64,
@@ -308,8 +308,8 @@ pub struct LimitsConfig {
     /// Packets (WebSocket messages, pings included) one connection may send per second (a fixed
     /// one-second window); beyond it the connection is closed (`closed.packet_rate`). 0 = unlimited.
     pub max_packets_per_sec: u32,
-    /// Connections that are not yet authenticated, WebSocket upgrades included, at the same time; a
-    /// connect beyond it is closed at once (`closed.max_handshakes`). 0 = unlimited.
+    /// Connections that are not yet authenticated, TLS handshakes and WebSocket upgrades included, at
+    /// the same time; a connect beyond it is closed at once (`closed.max_handshakes`). 0 = unlimited.
     pub max_handshakes: usize,
 }
 
