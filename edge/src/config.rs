@@ -2,7 +2,7 @@
 //! the crate root lists the same keys with the same defaults; keep the two in step.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -21,6 +21,26 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub advertise: AdvertiseConfig,
     pub history: HistoryConfig,
+    pub tls: TlsConfig,
+}
+
+/// The certificate of the TLS listeners (`listen.wss`, `listen.tls`); both paths empty (the
+/// default) = TLS off. PEM files, read once at start; relative paths are relative to the config
+/// file's folder.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (goim: `certFile`).
+    pub cert_path: PathBuf,
+    /// Its private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (goim: `privateFile`).
+    pub key_path: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether a certificate is configured (the TLS listeners are on).
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +96,13 @@ pub struct ListenConfig {
     pub tcp: String,
     /// goim WebSocket listener; empty string disables it.
     pub ws: String,
+    /// goim WebSocket over TLS (WSS; goim: `tlsBind`, port 3103), with the `[tls]` certificate;
+    /// used only when `tls.cert_path` is set (goim's `tlsOpen`), so that the default costs nothing
+    /// without a certificate. Empty string disables it.
+    pub wss: String,
+    /// goim TCP over TLS (no goim equivalent), e.g. "0.0.0.0:3104"; empty string (the default)
+    /// disables it. Needs `[tls]`.
+    pub tls: String,
     /// The only path the WebSocket upgrade accepts (goim: exactly `/sub`).
     pub ws_path: String,
     /// Agree to permessage-deflate (RFC 7692) with WebSocket clients that offer it (browsers do).
@@ -98,6 +125,8 @@ impl Default for ListenConfig {
         ListenConfig {
             tcp: "0.0.0.0:3101".into(),
             ws: "0.0.0.0:3102".into(),
+            wss: "0.0.0.0:3103".into(),
+            tls: String::new(),
             ws_path: "/sub".into(),
             ws_permessage_deflate: true,
             reuse_port: true,
@@ -111,7 +140,7 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// From accept (including the WebSocket upgrade) to a successful op-7 auth.
+    /// From accept (including the TLS handshake and the WebSocket upgrade) to a successful op-7 auth.
     pub handshake_timeout_ms: u64,
     /// Closed when no op-2 heartbeat arrives for this long (goim: 4 min × 2).
     pub idle_timeout_ms: u64,
@@ -284,8 +313,8 @@ pub struct LimitsConfig {
     /// Packets (WebSocket messages, pings included) one connection may send per second (a fixed
     /// one-second window); beyond it the connection is closed (`closed.packet_rate`). 0 = unlimited.
     pub max_packets_per_sec: u32,
-    /// Connections that are not yet authenticated, WebSocket upgrades included, at the same time; a
-    /// connect beyond it is closed at once (`closed.max_handshakes`). 0 = unlimited.
+    /// Connections that are not yet authenticated, TLS handshakes and WebSocket upgrades included, at
+    /// the same time; a connect beyond it is closed at once (`closed.max_handshakes`). 0 = unlimited.
     pub max_handshakes: usize,
 }
 
@@ -350,7 +379,8 @@ pub struct AdvertiseConfig {
     pub host: String,
     /// Public DNS name for web clients (`platform=web`); empty = `host`.
     pub domain: String,
-    /// Public ports; 0 = the listener's own port (`wss_port` 0 = none).
+    /// Public ports; 0 = the listener's own port (`wss_port`: the `listen.wss` listener's when TLS
+    /// is on, else none).
     pub tcp_port: u16,
     pub ws_port: u16,
     pub wss_port: u16,
@@ -397,6 +427,8 @@ impl Config {
         for k in &mut cfg.auth.keys {
             goim_common::resolve_relative(base, &mut k.file);
         }
+        goim_common::resolve_relative(base, &mut cfg.tls.cert_path);
+        goim_common::resolve_relative(base, &mut cfg.tls.key_path);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -409,7 +441,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        for (name, addr) in [("listen.tcp", &self.listen.tcp), ("listen.ws", &self.listen.ws), ("listen.http", &self.listen.http)] {
+        let l = &self.listen;
+        for (name, addr) in [("listen.tcp", &l.tcp), ("listen.ws", &l.ws), ("listen.wss", &l.wss), ("listen.tls", &l.tls), ("listen.http", &l.http)] {
             if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
                 return Err(ConfigError::Invalid(format!("{name} = {addr:?} is not an ip:port")));
             }
@@ -417,8 +450,17 @@ impl Config {
         if !self.edge.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return invalid("edge.id may hold only A-Z, a-z, 0-9, '_' and '-'");
         }
-        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() {
-            return invalid("listen.tcp and listen.ws are both disabled");
+        if self.tls.enabled() == self.tls.key_path.as_os_str().is_empty() {
+            return invalid("tls.cert_path and tls.key_path are set together (both empty = TLS off)");
+        }
+        if !self.tls.enabled() && !l.tls.is_empty() {
+            return invalid("listen.tls needs a certificate: set tls.cert_path and tls.key_path");
+        }
+        if self.tls.enabled() && l.wss.is_empty() && l.tls.is_empty() {
+            return invalid("tls.cert_path is set but listen.wss and listen.tls are both disabled");
+        }
+        if l.tcp.is_empty() && l.ws.is_empty() && !self.tls.enabled() {
+            return invalid("listen.tcp and listen.ws are both disabled (and TLS is off)");
         }
         if !self.listen.ws_path.starts_with('/') {
             return invalid("listen.ws_path must start with '/'");
@@ -483,6 +525,9 @@ mod tests {
         let d = Config::default();
         assert_eq!(c.listen.tcp, d.listen.tcp);
         assert_eq!(c.listen.ws, d.listen.ws);
+        assert_eq!((&c.listen.wss, &c.listen.tls), (&d.listen.wss, &d.listen.tls));
+        assert_eq!((&c.tls.cert_path, &c.tls.key_path), (&d.tls.cert_path, &d.tls.key_path));
+        assert!(!c.tls.enabled(), "the sample has TLS off");
         assert_eq!((&c.listen.http, &c.listen.http_cors_origins), (&d.listen.http, &d.listen.http_cors_origins));
         assert_eq!(c.session.idle_timeout_ms, d.session.idle_timeout_ms);
         assert_eq!(c.session.handshake_timeout_ms, d.session.handshake_timeout_ms);
@@ -540,5 +585,37 @@ mod tests {
         let e = Config::parse("[auth]\nleeway_secs = 18446744073709551615").unwrap_err().to_string();
         assert!(e.contains("auth.leeway_secs"), "{e}");
         assert!(Config::parse("[auth]\nleeway_secs = 3600").is_ok());
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let c = Config::parse("").unwrap();
+        assert_eq!((c.listen.wss.as_str(), c.listen.tls.as_str()), ("0.0.0.0:3103", ""));
+        assert!(!c.tls.enabled(), "TLS is off without a certificate");
+        let on = "[tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n";
+        assert!(Config::parse(on).unwrap().tls.enabled());
+        let e = Config::parse("[tls]\ncert_path = \"c.pem\"").unwrap_err().to_string();
+        assert!(e.contains("tls.key_path"), "{e}");
+        let e = Config::parse("[listen]\ntls = \"127.0.0.1:0\"").unwrap_err().to_string();
+        assert!(e.contains("listen.tls needs a certificate"), "{e}");
+        let e = Config::parse(&format!("[listen]\nwss = \"\"\n{on}")).unwrap_err().to_string();
+        assert!(e.contains("both disabled"), "{e}");
+        let e = Config::parse(&format!("[listen]\nwss = \"nope\"\n{on}")).unwrap_err().to_string();
+        assert!(e.contains("listen.wss"), "{e}");
+        // TLS alone is enough of a listener.
+        assert!(Config::parse(&format!("[listen]\ntcp = \"\"\nws = \"\"\n{on}")).is_ok());
+        assert!(Config::parse("[listen]\ntcp = \"\"\nws = \"\"").is_err());
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("goim-edge-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.toml");
+        std::fs::write(&path, "[tls]\ncert_path = \"certs/c.pem\"\nkey_path = \"/abs/k.pem\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.tls.cert_path, dir.join("certs/c.pem"));
+        assert_eq!(c.tls.key_path, PathBuf::from("/abs/k.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

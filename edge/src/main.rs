@@ -50,13 +50,15 @@ fn main() -> ExitCode {
         let show = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
         // One machine-readable line on stdout; the test harness and `make run` wait for it.
         println!(
-            "goim-edge ready id={} tcp={} ws={} http={}",
+            "goim-edge ready id={} tcp={} ws={} http={} wss={} tls={}",
             edge.ctx.hub.edge_id(),
             show(edge.tcp_addr),
             show(edge.ws_addr),
-            show(edge.http_addr)
+            show(edge.http_addr),
+            show(edge.wss_addr),
+            show(edge.tls_addr)
         );
-        tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
+        tracing::info!(id = edge.ctx.hub.edge_id(), tcp = %show(edge.tcp_addr), ws = %show(edge.ws_addr), wss = %show(edge.wss_addr), tls = %show(edge.tls_addr), path = %edge.ctx.config.listen.ws_path, "edge ready");
         goim_common::shutdown_signal().await;
         let ctx = edge.ctx.clone();
         // The drain is bounded by edge.drain_ms; a second signal cuts it short.

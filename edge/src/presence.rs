@@ -391,7 +391,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn resolve_advertised(a: &AdvertiseConfig, tcp: Option<SocketAddr>, ws: Option<SocketAddr>) -> Advertised {
+fn resolve_advertised(a: &AdvertiseConfig, tcp: Option<SocketAddr>, ws: Option<SocketAddr>, wss: Option<SocketAddr>) -> Advertised {
     let host = if !a.host.is_empty() {
         a.host.clone()
     } else {
@@ -405,7 +405,7 @@ fn resolve_advertised(a: &AdvertiseConfig, tcp: Option<SocketAddr>, ws: Option<S
         host,
         tcp_port: if a.tcp_port != 0 { a.tcp_port } else { tcp.map_or(0, |t| t.port()) },
         ws_port: if a.ws_port != 0 { a.ws_port } else { ws.map_or(0, |w| w.port()) },
-        wss_port: a.wss_port,
+        wss_port: if a.wss_port != 0 { a.wss_port } else { wss.map_or(0, |w| w.port()) },
         tcp_listen: tcp.map(|t| t.to_string()).unwrap_or_default(),
         ws_listen: ws.map(|w| w.to_string()).unwrap_or_default(),
     }
@@ -529,8 +529,8 @@ impl Presence {
     /// Register the `$SRV` service (done, and confirmed by a round trip, when this returns: a ready
     /// edge answers `$SRV.PING`), then report and watch in the background (a NATS server without
     /// JetStream delays nothing, it only leaves the counts local).
-    pub async fn start(self: &Arc<Self>, bridge: &Bridge, tcp: Option<SocketAddr>, ws: Option<SocketAddr>) {
-        let _ = self.advertised.set(resolve_advertised(&self.advertise, tcp, ws));
+    pub async fn start(self: &Arc<Self>, bridge: &Bridge, tcp: Option<SocketAddr>, ws: Option<SocketAddr>, wss: Option<SocketAddr>) {
+        let _ = self.advertised.set(resolve_advertised(&self.advertise, tcp, ws, wss));
         if !self.cfg.enabled {
             info!("presence disabled: op-3 counts are local, this edge is not listed by nodes/weighted");
             return;
@@ -724,13 +724,18 @@ mod tests {
         let a = AdvertiseConfig::default();
         let tcp: SocketAddr = "10.0.0.5:3101".parse().unwrap();
         let ws: SocketAddr = "10.0.0.5:3102".parse().unwrap();
-        let r = resolve_advertised(&a, Some(tcp), Some(ws));
+        let r = resolve_advertised(&a, Some(tcp), Some(ws), None);
         assert_eq!((r.host.as_str(), r.domain.as_str(), r.tcp_port, r.ws_port, r.wss_port), ("10.0.0.5", "10.0.0.5", 3101, 3102, 0));
         let a = AdvertiseConfig { host: "edge1.example".into(), domain: "e1.example".into(), tcp_port: 443, ..a };
-        let r = resolve_advertised(&a, Some(tcp), None);
+        let r = resolve_advertised(&a, Some(tcp), None, None);
         assert_eq!((r.host.as_str(), r.domain.as_str(), r.tcp_port, r.ws_port), ("edge1.example", "e1.example", 443, 0));
         let any: SocketAddr = "0.0.0.0:3101".parse().unwrap();
-        assert_eq!(resolve_advertised(&AdvertiseConfig::default(), Some(any), None).host, hostname());
+        assert_eq!(resolve_advertised(&AdvertiseConfig::default(), Some(any), None, None).host, hostname());
+        // The WSS listener's port, when TLS is on; an explicit wss_port wins.
+        let wss: SocketAddr = "10.0.0.5:3103".parse().unwrap();
+        assert_eq!(resolve_advertised(&AdvertiseConfig::default(), Some(tcp), None, Some(wss)).wss_port, 3103);
+        let a = AdvertiseConfig { wss_port: 443, ..AdvertiseConfig::default() };
+        assert_eq!(resolve_advertised(&a, Some(tcp), None, Some(wss)).wss_port, 443);
     }
 
     #[test]

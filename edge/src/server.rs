@@ -1,5 +1,6 @@
-//! The edge process: its shared context, the TCP and WebSocket listeners (SO_REUSEPORT, so several
-//! edges can share a port), the accept loops, and start-up/shutdown.
+//! The edge process: its shared context, the TCP and WebSocket listeners, plain and over TLS
+//! (SO_REUSEPORT, so several edges can share a port), the accept loops (with the TLS handshake and
+//! the WebSocket upgrade in a task of their own before a connection's task), and start-up/shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,9 @@ use crate::stats::{CloseReason, Stats};
 use crate::transport::admission::{self, Admit, ConnectRate};
 use crate::transport::serve;
 use crate::transport::tcp::{TcpDecoder, TcpEncoder};
+use crate::transport::tls::{self, TlsSocket};
 use crate::transport::ws::{self, WsDecoder, WsEncoder};
+use crate::transport::Socket;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -38,6 +41,8 @@ pub struct EdgeContext {
     pub started: Instant,
     /// `limits.connects_per_ip_per_sec`.
     pub connect_rate: ConnectRate,
+    /// The TLS listeners' configuration (`[tls]`), loaded at start; None = TLS off.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum StartError {
     Bridge(#[from] crate::bridge::BridgeError),
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(#[from] tls::TlsConfigError),
 }
 
 /// A started edge: listeners bound, NATS connected, control subjects served.
@@ -55,6 +62,10 @@ pub struct RunningEdge {
     pub ctx: Arc<EdgeContext>,
     pub tcp_addr: Option<SocketAddr>,
     pub ws_addr: Option<SocketAddr>,
+    /// WebSocket over TLS (`listen.wss`), if TLS is on and it is enabled.
+    pub wss_addr: Option<SocketAddr>,
+    /// goim TCP over TLS (`listen.tls`), if enabled.
+    pub tls_addr: Option<SocketAddr>,
     /// The HTTP transports' listener (`listen.http`), if enabled.
     pub http_addr: Option<SocketAddr>,
     /// The accept loops; each owns its listener, which closes when the task is aborted.
@@ -82,6 +93,12 @@ fn bind(addr: &str, reuse_port: bool, backlog: u32) -> Result<TcpListener, Start
 
 /// Connect to NATS, bind the listeners and start accepting.
 pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
+    // First: a bad certificate path is a configuration error, found before anything connects.
+    let tls_config = if config.tls.enabled() {
+        Some(tls::server_config(&config.tls.cert_path, &config.tls.key_path)?)
+    } else {
+        None
+    };
     let edge_id = if config.edge.id.is_empty() { default_edge_id() } else { config.edge.id.clone() };
     let stats = Arc::new(Stats::default());
     let bridge = Bridge::connect(&config.nats, &edge_id).await;
@@ -108,8 +125,19 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     } else {
         Some(bind(&config.listen.ws, config.listen.reuse_port, config.listen.backlog)?)
     };
+    // The TLS listeners exist only with a certificate (listen.wss has goim's default port otherwise).
+    let tls_listener = |addr: &str| -> Result<Option<TcpListener>, StartError> {
+        if tls_config.is_none() || addr.is_empty() {
+            return Ok(None);
+        }
+        bind(addr, config.listen.reuse_port, config.listen.backlog).map(Some)
+    };
+    let wss = tls_listener(&config.listen.wss)?;
+    let tls_tcp = tls_listener(&config.listen.tls)?;
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+    let wss_addr = wss.as_ref().and_then(|l| l.local_addr().ok());
+    let tls_addr = tls_tcp.as_ref().and_then(|l| l.local_addr().ok());
     // HTTP transports (SSE + POST), off unless listen.http is set.
     let http = if config.listen.http.is_empty() {
         None
@@ -118,7 +146,7 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     };
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let presence = Presence::new(&config, hub.clone());
-    presence.start(hub.bridge(), tcp_addr, ws_addr).await;
+    presence.start(hub.bridge(), tcp_addr, ws_addr, wss_addr).await;
     let connect_rate = ConnectRate::new(config.limits.connects_per_ip_per_sec);
     let ctx = Arc::new(EdgeContext {
         config,
@@ -129,6 +157,7 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
         presence,
         started: Instant::now(),
         connect_rate,
+        tls: tls_config,
     });
     let mut accept_loops = Vec::new();
     if let Some(listener) = tcp {
@@ -137,10 +166,16 @@ pub async fn start(config: Config) -> Result<RunningEdge, StartError> {
     if let Some(listener) = ws {
         accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Ws)));
     }
+    if let Some(listener) = wss {
+        accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Wss)));
+    }
+    if let Some(listener) = tls_tcp {
+        accept_loops.push(tokio::spawn(accept_loop(ctx.clone(), listener, Transport::Tls)));
+    }
     if let Some(listener) = http {
         accept_loops.push(tokio::spawn(crate::transport::http::serve(ctx.clone(), listener)));
     }
-    Ok(RunningEdge { ctx, tcp_addr, ws_addr, http_addr, accept_loops })
+    Ok(RunningEdge { ctx, tcp_addr, ws_addr, wss_addr, tls_addr, http_addr, accept_loops })
 }
 
 impl RunningEdge {
@@ -234,10 +269,26 @@ async fn drain_clients(ctx: &EdgeContext, spread_until: Instant, hard_deadline: 
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Tcp,
     Ws,
+    /// WebSocket over TLS.
+    Wss,
+    /// goim TCP over TLS.
+    Tls,
+}
+
+impl Transport {
+    /// The name in logs.
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// Whether a new connection from `peer` may come in, or the reason it is closed at once.
@@ -282,11 +333,14 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
                 match transport {
                     Transport::Tcp => {
                         let task = serve_tcp(ctx, stream, peer, accepted_at);
-                        log_task_size("tcp", &task);
+                        log_task_size(Transport::Tcp, &task);
                         tokio::spawn(task);
                     }
                     Transport::Ws => {
                         tokio::spawn(upgrade_ws(ctx, stream, peer, accepted_at));
+                    }
+                    Transport::Wss | Transport::Tls => {
+                        tokio::spawn(accept_tls(ctx, stream, peer, accepted_at, transport));
                     }
                 };
             }
@@ -300,9 +354,9 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
 }
 
 /// The memory of a connection's task is mostly its future: logged once per transport (debug).
-fn log_task_size<F>(transport: &'static str, task: &F) {
-    static LOGGED: [std::sync::Once; 2] = [std::sync::Once::new(), std::sync::Once::new()];
-    LOGGED[usize::from(transport == "ws")].call_once(|| debug!(transport, bytes = std::mem::size_of_val(task), "connection task size"));
+fn log_task_size<F>(transport: Transport, task: &F) {
+    static LOGGED: [std::sync::Once; 4] = [const { std::sync::Once::new() }; 4];
+    LOGGED[transport as usize].call_once(|| debug!(transport = transport.name(), bytes = std::mem::size_of_val(task), "connection task size"));
 }
 
 /// A plain function (no future of its own around [`serve`]'s): the connection's task is exactly the
@@ -319,33 +373,86 @@ fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepte
 async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     let _ = stream.set_nodelay(true);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
-    let upgrade = ws::upgrade(&stream, &ctx.config.listen.ws_path, ctx.config.listen.ws_permessage_deflate);
-    let (inbuf, deflate) = match tokio::time::timeout_at(deadline, upgrade).await {
-        Ok(Ok(upgraded)) => upgraded,
-        outcome => {
-            let reason = match outcome {
-                Err(_) => CloseReason::HandshakeTimeout,
-                // The client went away mid-request: not a protocol error.
-                Ok(Err(ws::UpgradeError::Closed | ws::UpgradeError::Io(_))) => CloseReason::ClientGone,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "websocket upgrade failed");
-                    CloseReason::ProtocolError
-                }
-                Ok(Ok(_)) => CloseReason::ProtocolError,
-            };
-            ctx.stats.closed(reason);
-            ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            if reason != CloseReason::ClientGone {
-                ctx.stats.log_close(reason, 0, Some(peer), "websocket upgrade");
-            }
-            return;
-        }
-    };
+    let Some((inbuf, deflate)) = ws_upgrade(&ctx, &stream, peer, deadline).await else { return };
     let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes, deflate);
     let session = Session::new(ctx, peer, accepted_at);
     let task = serve(session, stream, inbuf, decoder, WsEncoder::new(deflate), "ws");
-    log_task_size("ws", &task);
+    log_task_size(Transport::Ws, &task);
     tokio::spawn(task);
+}
+
+/// Upgrade `stream` to WebSocket before `deadline` (with whether permessage-deflate was agreed); on
+/// failure the connection is counted as closed
+/// (and the caller drops it).
+async fn ws_upgrade(ctx: &EdgeContext, stream: &impl Socket, peer: SocketAddr, deadline: Instant) -> Option<(BytesMut, bool)> {
+    let upgrade = ws::upgrade(stream, &ctx.config.listen.ws_path, ctx.config.listen.ws_permessage_deflate);
+    let reason = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(upgraded)) => return Some(upgraded),
+        Err(_) => CloseReason::HandshakeTimeout,
+        // The client went away mid-request: not a protocol error.
+        Ok(Err(ws::UpgradeError::Closed | ws::UpgradeError::Io(_))) => CloseReason::ClientGone,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "websocket upgrade failed");
+            CloseReason::ProtocolError
+        }
+    };
+    handshake_failed(ctx, peer, reason, "websocket upgrade");
+    None
+}
+
+/// A connection that ends before it has a session: counted as closed, logged unless the client
+/// just went away.
+fn handshake_failed(ctx: &EdgeContext, peer: SocketAddr, reason: CloseReason, what: &str) {
+    ctx.stats.closed(reason);
+    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    if reason != CloseReason::ClientGone {
+        ctx.stats.log_close(reason, 0, Some(peer), what);
+    }
+}
+
+/// The TLS handshake (then, for WSS, the WebSocket upgrade) in a task of its own, under the session's
+/// handshake timeout like the upgrade; then the connection's own task, exactly the [`serve`] future
+/// over a [`TlsSocket`] (see `transport::tls` for why the session is driven sans-IO from there).
+async fn accept_tls(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant, transport: Transport) {
+    let _ = stream.set_nodelay(true);
+    let deadline = accepted_at + ctx.config.session.handshake_timeout();
+    let Some(config) = ctx.tls.clone() else {
+        // Not reached: TLS listeners are bound only with a configuration.
+        handshake_failed(&ctx, peer, CloseReason::ProtocolError, "no TLS configuration");
+        return;
+    };
+    let socket = match tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (tcp, session) = stream.into_inner();
+            TlsSocket::new(tcp, session)
+        }
+        outcome => {
+            let reason = match outcome {
+                Err(_) => CloseReason::HandshakeTimeout,
+                // rustls refused what the client sent (plaintext on a TLS port, a bad hello).
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    CloseReason::ProtocolError
+                }
+                _ => CloseReason::ClientGone,
+            };
+            handshake_failed(&ctx, peer, reason, "TLS handshake");
+            return;
+        }
+    };
+    if transport == Transport::Wss {
+        let Some((inbuf, deflate)) = ws_upgrade(&ctx, &socket, peer, deadline).await else { return };
+        let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes, deflate);
+        let session = Session::new(ctx, peer, accepted_at);
+        let task = serve(session, socket, inbuf, decoder, WsEncoder::new(deflate), "wss");
+        log_task_size(transport, &task);
+        tokio::spawn(task);
+    } else {
+        let session = Session::new(ctx, peer, accepted_at);
+        let task = serve(session, socket, BytesMut::new(), TcpDecoder, TcpEncoder, "tls");
+        log_task_size(transport, &task);
+        tokio::spawn(task);
+    }
 }
 
 pub use goim_common::shutdown_signal;

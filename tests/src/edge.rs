@@ -149,6 +149,16 @@ impl EdgeOpts {
         self.with("listen", "ws", "\"\"")
     }
 
+    /// TLS on with this PEM certificate and key: WSS and goim over TLS-TCP on loopback port 0
+    /// (the ready line's `wss=` and `tls=`).
+    pub fn tls(self, cert_path: &std::path::Path, key_path: &std::path::Path) -> Self {
+        let path = |p: &std::path::Path| toml_str(&p.display().to_string());
+        self.with("tls", "cert_path", path(cert_path))
+            .with("tls", "key_path", path(key_path))
+            .with("listen", "wss", toml_str("127.0.0.1:0"))
+            .with("listen", "tls", toml_str("127.0.0.1:0"))
+    }
+
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
         self.extra_toml.push('\n');
@@ -189,6 +199,9 @@ pub struct Edge {
     ws: Option<SocketAddr>,
     /// `listen.http` (HTTP transports), when enabled.
     http: Option<SocketAddr>,
+    /// `listen.wss` and `listen.tls`, when TLS is on.
+    wss: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
     config: String,
     _dir: tempfile::TempDir,
 }
@@ -238,12 +251,16 @@ impl Edge {
         let (rid, tcp, ws) = parse_ready_line(&ready);
         assert_eq!(rid, id, "ready line reports another id: {ready:?}");
         let http = parse_ready_http(&ready);
+        let wss = parse_ready_addr(&ready, "wss");
+        let tls = parse_ready_addr(&ready, "tls");
         Edge {
             proc,
             id,
             tcp,
             ws,
             http,
+            wss,
+            tls,
             config,
             _dir: dir,
         }
@@ -269,6 +286,18 @@ impl Edge {
     pub fn http_addr(&self) -> SocketAddr {
         self.http
             .unwrap_or_else(|| panic!("edge {} has no HTTP listener", self.id))
+    }
+
+    /// The WebSocket-over-TLS listener address (panics if TLS or WSS is off).
+    pub fn wss_addr(&self) -> SocketAddr {
+        self.wss
+            .unwrap_or_else(|| panic!("edge {} has no WSS listener", self.id))
+    }
+
+    /// The goim-over-TLS-TCP listener address (panics if disabled).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls
+            .unwrap_or_else(|| panic!("edge {} has no TLS listener", self.id))
     }
 
     pub fn tcp(&self) -> Option<SocketAddr> {
@@ -332,14 +361,20 @@ impl Edge {
 
 /// The optional `http=<ip:port|->` of the ready line (absent in older edges' lines: None).
 pub fn parse_ready_http(line: &str) -> Option<SocketAddr> {
-    let v = line.split_whitespace().find_map(|t| t.strip_prefix("http="))?;
+    parse_ready_addr(line, "http")
+}
+
+/// An optional `<key>=<ip:port|->` of the ready line (`http`, `wss`, `tls`; absent: None).
+pub fn parse_ready_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    let prefix = format!("{key}=");
+    let v = line.split_whitespace().find_map(|t| t.strip_prefix(prefix.as_str()))?;
     if v == "-" {
         return None;
     }
     let a: SocketAddr = v
         .parse()
         .unwrap_or_else(|e| panic!("bad address {v:?} in ready line {line:?}: {e}"));
-    assert!(a.ip().is_loopback() && a.port() != 0, "edge reports http={a} ({line:?})");
+    assert!(a.ip().is_loopback() && a.port() != 0, "edge reports {key}={a} ({line:?})");
     Some(a)
 }
 

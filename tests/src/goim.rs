@@ -1,5 +1,6 @@
 //! goim clients for the tests: TCP (plain packets) and WebSocket (`/sub`, one packet per binary
-//! message, pushes wrapped in op 9). The packet reader here is deliberately independent of the edge's
+//! message, pushes wrapped in op 9), each plain or over TLS (TLS-TCP and WSS, with a
+//! [`tls_connector`] that trusts the test's own certificate). The packet reader here is deliberately independent of the edge's
 //! codec and lenient: server→client packets have no size limit.
 
 use std::collections::VecDeque;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -249,9 +250,57 @@ pub enum RecvError {
     Closed(String),
 }
 
+/// The byte stream under a client: a `TcpStream`, or a TLS stream over one.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 enum Conn {
-    Tcp { stream: TcpStream, buf: BytesMut },
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Tcp { stream: Box<dyn Io>, buf: BytesMut },
+    Ws(Box<WebSocketStream<Box<dyn Io>>>),
+}
+
+/// A TLS client configuration trusting exactly `ca_pem` (the test's self-signed certificate).
+pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("test CA PEM")).expect("add test CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// TCP connect, then the TLS handshake for `server_name` (Err(text) if either fails).
+pub async fn connect_tls_stream(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let stream = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "TCP connect timeout".to_string())?
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    tls_handshake(stream, connector, server_name).await
+}
+
+/// The client side of a TLS handshake over `stream`, for `server_name`.
+pub async fn tls_handshake(
+    stream: TcpStream,
+    connector: &tokio_rustls::TlsConnector,
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    stream.set_nodelay(true).ok();
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    timeout(WAIT, connector.connect(name, stream))
+        .await
+        .map_err(|_| "TLS handshake timeout".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))
 }
 
 /// A goim client over TCP or WebSocket.
@@ -288,38 +337,29 @@ impl Client {
     /// receive buffer and a small MSS (the server's send buffer is sized from the MSS), so a client that
     /// stops reading makes the server's own queue grow after a few tens of KB.
     pub async fn connect_tcp_small_buffers(addr: SocketAddr) -> Client {
-        let sock = TcpSocket::new_v4().expect("socket");
-        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        {
-            use std::os::fd::AsRawFd;
-            let mss: libc::c_int = 536;
-            // SAFETY: setsockopt on a valid fd with a correctly sized int.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_MAXSEG,
-                    &mss as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(
-                rc,
-                0,
-                "setsockopt(TCP_MAXSEG): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let stream = timeout(WAIT, sock.connect(addr))
+        Self::from_tcp(small_buffer_stream(addr).await)
+    }
+
+    /// [`Client::connect_tcp_small_buffers`] with goim over TLS inside.
+    pub async fn connect_tls_small_buffers(
+        addr: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: &str,
+    ) -> Client {
+        let tls = tls_handshake(small_buffer_stream(addr).await, connector, server_name)
             .await
-            .unwrap_or_else(|_| panic!("TCP connect {addr}: timeout"))
-            .unwrap_or_else(|e| panic!("TCP connect {addr}: {e}"));
-        Self::from_tcp(stream)
+            .unwrap_or_else(|e| panic!("TLS connect {addr}: {e}"));
+        let port = tls.get_ref().0.local_addr().map(|a| a.port()).unwrap_or(0);
+        Self::from_stream(Box::new(tls), format!("tls:{port}"))
     }
 
     fn from_tcp(stream: TcpStream) -> Client {
         stream.set_nodelay(true).ok();
         let label = format!("tcp:{}", stream.local_addr().map(|a| a.port()).unwrap_or(0));
+        Self::from_stream(Box::new(stream), label)
+    }
+
+    fn from_stream(stream: Box<dyn Io>, label: String) -> Client {
         Client {
             transport: Transport::Tcp,
             label,
@@ -331,6 +371,36 @@ impl Client {
             next_seq: 1,
             closed: None,
         }
+    }
+
+    /// goim over TLS-TCP: connect, TLS handshake for `server_name` (the certificate's name), then
+    /// plain goim packets inside.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: &str,
+    ) -> Client {
+        let tls = connect_tls_stream(addr, connector, server_name)
+            .await
+            .unwrap_or_else(|e| panic!("TLS connect {addr}: {e}"));
+        let port = tls.get_ref().0.local_addr().map(|a| a.port()).unwrap_or(0);
+        Self::from_stream(Box::new(tls), format!("tls:{port}"))
+    }
+
+    /// WSS: connect, TLS handshake for `server_name`, then the WebSocket upgrade at `/sub`.
+    pub async fn connect_wss(
+        addr: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: &str,
+    ) -> Client {
+        let tls = connect_tls_stream(addr, connector, server_name)
+            .await
+            .unwrap_or_else(|e| panic!("WSS connect {addr}: {e}"));
+        let port = tls.get_ref().0.local_addr().map(|a| a.port()).unwrap_or(0);
+        let url = format!("wss://{server_name}:{}/sub", addr.port());
+        Self::upgrade(Box::new(tls), &url, format!("wss:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("WSS upgrade {url}: {e}"))
     }
 
     /// Connect and upgrade to WebSocket at `ws://addr/sub`.
@@ -349,19 +419,24 @@ impl Client {
         stream.set_nodelay(true).ok();
         let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
         let url = format!("ws://{addr}{path}");
+        Self::upgrade(Box::new(stream), &url, format!("ws:{port}")).await
+    }
+
+    /// The WebSocket upgrade over an established stream (plain or TLS).
+    async fn upgrade(stream: Box<dyn Io>, url: &str, label: String) -> Result<Client, String> {
         let cfg = WebSocketConfig::default()
             .max_message_size(None)
             .max_frame_size(None);
         let (ws, _resp) = timeout(
             WAIT,
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(cfg)),
+            tokio_tungstenite::client_async_with_config(url, stream, Some(cfg)),
         )
         .await
         .map_err(|_| "WebSocket upgrade timeout".to_string())?
         .map_err(|e| format!("WebSocket upgrade: {e}"))?;
         Ok(Client {
             transport: Transport::Ws,
-            label: format!("ws:{port}"),
+            label,
             conn: Conn::Ws(Box::new(ws)),
             pending: VecDeque::new(),
             next_seq: 1,
@@ -744,4 +819,35 @@ impl Client {
     pub fn is_closed(&self) -> bool {
         self.closed.is_some()
     }
+}
+
+/// A TCP connection whose socket makes the server's kernel buffers for it small (see
+/// [`Client::connect_tcp_small_buffers`]).
+pub async fn small_buffer_stream(addr: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    {
+        use std::os::fd::AsRawFd;
+        let mss: libc::c_int = 536;
+        // SAFETY: setsockopt on a valid fd with a correctly sized int.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_MAXSEG,
+                &mss as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "setsockopt(TCP_MAXSEG): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    timeout(WAIT, sock.connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("TCP connect {addr}: timeout"))
+        .unwrap_or_else(|e| panic!("TCP connect {addr}: {e}"))
 }

@@ -286,7 +286,8 @@ async fn soak_churn_rooms_and_pushes_lose_nothing_and_memory_stays_flat() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss: u64 = pids.iter().map(|p| rss_kb(*p)).sum();
         samples.push((started.elapsed().as_secs(), rss));
-        if samples.len().is_multiple_of(12) {
+        #[allow(clippy::manual_is_multiple_of)] // usize::is_multiple_of is Rust 1.87; the workspace promises 1.85
+        if samples.len() % 12 == 0 {
             println!(
                 "soak {:>5} s: edges RSS {:>6} KB, sessions {}, received {}, replayed {}, gaps {}, dups {}, recovery failed {}",
                 started.elapsed().as_secs(),

@@ -1,8 +1,11 @@
-//! Connection I/O: the loop that drives a [`Session`] over one socket, for both transports.
+//! Connection I/O: the loop that drives a [`Session`] over one socket, for every transport (goim
+//! over TCP or WebSocket, each plain or over TLS).
 //!
 //! A transport is only its framing: a [`Decode`] turning socket bytes into packets (goim's TCP stream,
 //! or WebSocket frames carrying one packet per message) and an [`Encode`] turning a batch from the
-//! member's outbox into socket bytes. The loop is the same for both: one task per connection, with
+//! member's outbox into socket bytes, over a [`Socket`]: a plain `TcpStream`, or a
+//! [`tls::TlsSocket`] once its handshake is done (the loop is generic over the socket, so the plain
+//! path compiles to what it was before TLS). The loop is the same for all: one task per connection, with
 //! a reader (socket → session, under the session's deadline) and a writer (outbox → socket) side by
 //! side; whichever ends first ends the connection.
 //!
@@ -16,7 +19,9 @@
 
 pub mod admission;
 pub mod http;
+pub mod socket;
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 use std::collections::VecDeque;
@@ -25,11 +30,11 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 use tracing::debug;
 
 use self::admission::PacketRate;
+pub use self::socket::Socket;
 use crate::hub::Member;
 use crate::outbox::{Batch, Outbox, Outgoing};
 use crate::protocol::websocket::FrameError;
@@ -87,9 +92,9 @@ pub trait Encode: Send + Sync {
 /// A plain function returning its future (not an `async fn`): the arguments are captured once, not
 /// copied again into the future's locals, which would double the session's share of every idle
 /// connection's memory.
-pub fn serve(
+pub fn serve<S: Socket>(
     session: Session,
-    stream: TcpStream,
+    stream: S,
     inbuf: BytesMut,
     decoder: impl Decode,
     encoder: impl Encode,
@@ -99,17 +104,22 @@ pub fn serve(
     let mut decoder = decoder;
     let mut inbuf = inbuf;
     async move {
-        let stream = &stream;
+        // Used by the loops only: `stream.close()` below goes through the captured socket itself,
+        // as a reference still used after the loops would live across their awaits (8 more bytes in
+        // every connection's future; measured).
+        let socket = &stream;
         let member = session.member().clone();
         let ctx = session.context().clone();
         let reason = {
-            let reading = read_loop(&mut session, stream, &mut inbuf, &mut decoder);
-            let writing = write_loop(&member, &ctx.stats, stream, &encoder);
+            let reading = read_loop(&mut session, socket, &mut inbuf, &mut decoder);
+            let writing = write_loop(&member, &ctx.stats, socket, &encoder);
             tokio::select! {
                 r = reading => r,
                 r = writing => r,
             }
         };
+        // TLS: a close_notify after the last record (best effort, like the close frame).
+        stream.close();
         // The first recorded reason wins (a kick or overflow may have closed the outbox first).
         let reason = member.outbox.close(reason);
         session.finish();
@@ -133,7 +143,7 @@ pub fn serve(
 #[allow(clippy::manual_async_fn)] // deliberate, see above: an `async fn` would store them twice
 fn read_loop<'a>(
     session: &'a mut Session,
-    stream: &'a TcpStream,
+    stream: &'a impl Socket,
     inbuf: &'a mut BytesMut,
     decoder: &'a mut impl Decode,
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
@@ -178,6 +188,11 @@ fn read_loop<'a>(
                         Ok(0) => return CloseReason::ClientGone,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            // Only a TLS socket says this: records that do not decrypt or parse.
+                            debug!(conn = session.member().id, error = %e, "closing without reply");
+                            return CloseReason::ProtocolError;
+                        }
                         Err(e) => {
                             debug!(conn = session.member().id, error = %e, "read failed");
                             return CloseReason::ClientGone;
@@ -208,7 +223,7 @@ fn within_rate(session: &Session, rate: &mut PacketRate) -> bool {
 type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + Send + 'a>>;
 
 /// Act on one inbound unit now, or hand back the boxed request that must wait.
-fn handle<'a>(session: &'a mut Session, stream: &TcpStream, unit: Inbound) -> Result<Flow, Waiting<'a>> {
+fn handle<'a>(session: &'a mut Session, stream: &impl Socket, unit: Inbound) -> Result<Flow, Waiting<'a>> {
     match unit {
         Inbound::Packet(packet) => match session.on_packet_now(packet) {
             Ok(flow) => Ok(flow),
@@ -234,7 +249,7 @@ fn handle<'a>(session: &'a mut Session, stream: &TcpStream, unit: Inbound) -> Re
 fn write_loop<'a>(
     member: &'a Member,
     stats: &'a Stats,
-    stream: &'a TcpStream,
+    stream: &'a impl Socket,
     encoder: &'a impl Encode,
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
     async move {
@@ -263,7 +278,8 @@ fn write_loop<'a>(
                     return CloseReason::ClientGone;
                 }
             };
-            if written < out.len() {
+            // (`pending_output`: a TLS socket took the batch but holds its last record.)
+            if written < out.len() || stream.pending_output() {
                 // The client is not keeping up: wait for it in a boxed future of its own (which also
                 // records the latency, so that nothing more is held across this await while idle).
                 if let Err(reason) = Box::pin(write_rest(stream, &out[written..], &member.outbox, stats, oldest)).await {
@@ -285,18 +301,18 @@ fn oldest_push(items: &VecDeque<Outgoing>) -> Option<std::time::Instant> {
 }
 
 /// One non-blocking read appended to `inbuf`: `Ok(0)` at end of stream.
-fn read_chunk(stream: &TcpStream, inbuf: &mut BytesMut) -> io::Result<usize> {
+fn read_chunk(stream: &impl Socket, inbuf: &mut BytesMut) -> io::Result<usize> {
     let mut chunk = [0u8; READ_CHUNK];
     let n = stream.try_read(&mut chunk)?;
     inbuf.extend_from_slice(&chunk[..n]);
     Ok(n)
 }
 
-/// The rest of a write the socket did not take at once; gives up as soon as the outbox closes (a
-/// kick, or the bound exceeded while this client does not read). Records the push latency (from
-/// `oldest`) when the write is complete.
+/// The rest of a write the socket did not take at once (and, over TLS, the record it still holds);
+/// gives up as soon as the outbox closes (a kick, or the bound exceeded while this client does not
+/// read). Records the push latency (from `oldest`) when the write is complete.
 async fn write_rest(
-    stream: &TcpStream,
+    stream: &impl Socket,
     buf: &[u8],
     outbox: &Outbox,
     stats: &Stats,
@@ -309,21 +325,28 @@ async fn write_rest(
     Ok(())
 }
 
-async fn write_all_or_closed(stream: &TcpStream, mut buf: &[u8], outbox: &Outbox) -> Result<(), CloseReason> {
+async fn write_all_or_closed(stream: &impl Socket, mut buf: &[u8], outbox: &Outbox) -> Result<(), CloseReason> {
     loop {
         tokio::select! {
             ready = poll_fn(|cx| stream.poll_write_ready(cx)) => ready.map_err(|_| CloseReason::ClientGone)?,
             reason = outbox.closed() => return Err(reason),
         }
-        match stream.try_write(buf) {
-            Ok(0) => return Err(CloseReason::ClientGone),
-            Ok(n) if n == buf.len() => return Ok(()),
+        let progress = if buf.is_empty() {
+            stream.try_flush().map(|()| 0)
+        } else {
+            stream.try_write(buf)
+        };
+        match progress {
+            Ok(0) if !buf.is_empty() => return Err(CloseReason::ClientGone),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 debug!(error = %e, "write failed");
                 return Err(CloseReason::ClientGone);
             }
+        }
+        if buf.is_empty() && !stream.pending_output() {
+            return Ok(());
         }
     }
 }

@@ -22,9 +22,9 @@ use std::future::poll_fn;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::socket::{write_all, Socket};
 use super::{Decode, Encode, FramingError, Inbound};
 use crate::outbox::{Outgoing, Push};
 use crate::stats::CloseReason;
@@ -54,8 +54,8 @@ pub enum UpgradeError {
 /// error status (404 elsewhere, 400 for a request that is not a WebSocket upgrade, 426 for another
 /// protocol version) otherwise. With `deflate` (the config switch), permessage-deflate is agreed if
 /// the client offers it acceptably. Returns the bytes the client sent after its request and whether
-/// permessage-deflate was agreed.
-pub async fn upgrade(stream: &TcpStream, path: &str, deflate: bool) -> Result<(BytesMut, bool), UpgradeError> {
+/// permessage-deflate was agreed. Over TLS (WSS) `stream` is the socket after the TLS handshake.
+pub async fn upgrade(stream: &impl Socket, path: &str, deflate: bool) -> Result<(BytesMut, bool), UpgradeError> {
     let mut buf = BytesMut::new();
     loop {
         poll_fn(|cx| stream.poll_read_ready(cx)).await?;
@@ -139,18 +139,6 @@ fn accept_response(request: &httparse::Request<'_, '_>, path: &str, deflate: boo
         ),
         deflate,
     ))
-}
-
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll_fn(|cx| stream.poll_write_ready(cx)).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Client messages to packets; pings answered, pongs ignored, a close frame echoed.
