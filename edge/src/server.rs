@@ -19,7 +19,7 @@ use crate::config::{Config, DRAIN_MARGIN};
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::session::Session;
-use crate::stats::{CloseReason, Stats};
+use crate::stats::{CloseReason, Stats, Transport};
 use crate::transport::admission::{self, Admit, ConnectRate};
 use crate::transport::serve;
 use crate::transport::tcp::{TcpDecoder, TcpEncoder};
@@ -269,28 +269,6 @@ async fn drain_clients(ctx: &EdgeContext, spread_until: Instant, hard_deadline: 
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    Ws,
-    /// WebSocket over TLS.
-    Wss,
-    /// goim TCP over TLS.
-    Tls,
-}
-
-impl Transport {
-    /// The name in logs.
-    fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-            Transport::Tls => "tls",
-        }
-    }
-}
-
 /// Whether a new connection from `peer` may come in, or the reason it is closed at once.
 fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Result<(), (CloseReason, String)> {
     let limits = &ctx.config.limits;
@@ -326,7 +304,7 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
                     ctx.stats.log_close(reason, 0, Some(peer), &detail);
                     continue;
                 }
-                ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.connection_opened(transport);
                 let ctx = ctx.clone();
                 // One task type per transport: a task's memory is the size of its future, and a TCP
                 // connection must not pay for the WebSocket upgrade's.
@@ -342,6 +320,8 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
                     Transport::Wss | Transport::Tls => {
                         tokio::spawn(accept_tls(ctx, stream, peer, accepted_at, transport));
                     }
+                    // Not reached: HTTP sessions come through the HTTP listener's own server.
+                    Transport::Http => ctx.stats.connection_closed(transport),
                 };
             }
             Err(e) => {
@@ -355,8 +335,8 @@ async fn accept_loop(ctx: Arc<EdgeContext>, listener: TcpListener, transport: Tr
 
 /// The memory of a connection's task is mostly its future: logged once per transport (debug).
 fn log_task_size<F>(transport: Transport, task: &F) {
-    static LOGGED: [std::sync::Once; 4] = [const { std::sync::Once::new() }; 4];
-    LOGGED[transport as usize].call_once(|| debug!(transport = transport.name(), bytes = std::mem::size_of_val(task), "connection task size"));
+    static LOGGED: [std::sync::Once; Transport::ALL.len()] = [const { std::sync::Once::new() }; Transport::ALL.len()];
+    LOGGED[transport as usize].call_once(|| debug!(transport = transport.as_str(), bytes = std::mem::size_of_val(task), "connection task size"));
 }
 
 /// A plain function (no future of its own around [`serve`]'s): the connection's task is exactly the
@@ -365,7 +345,7 @@ fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepte
     // Latency over packet count: the outbox already coalesces what is queued into one write.
     let _ = stream.set_nodelay(true);
     let session = Session::new(ctx, peer, accepted_at);
-    serve(session, stream, BytesMut::new(), TcpDecoder, TcpEncoder, "tcp")
+    serve(session, stream, BytesMut::new(), TcpDecoder, TcpEncoder, Transport::Tcp)
 }
 
 /// The WebSocket upgrade, in a task of its own that then hands the connection to a task of exactly
@@ -373,18 +353,17 @@ fn serve_tcp(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepte
 async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant) {
     let _ = stream.set_nodelay(true);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
-    let Some((inbuf, deflate)) = ws_upgrade(&ctx, &stream, peer, deadline).await else { return };
+    let Some((inbuf, deflate)) = ws_upgrade(&ctx, &stream, peer, deadline, Transport::Ws).await else { return };
     let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes, deflate);
     let session = Session::new(ctx, peer, accepted_at);
-    let task = serve(session, stream, inbuf, decoder, WsEncoder::new(deflate), "ws");
+    let task = serve(session, stream, inbuf, decoder, WsEncoder::new(deflate), Transport::Ws);
     log_task_size(Transport::Ws, &task);
     tokio::spawn(task);
 }
 
 /// Upgrade `stream` to WebSocket before `deadline` (with whether permessage-deflate was agreed); on
-/// failure the connection is counted as closed
-/// (and the caller drops it).
-async fn ws_upgrade(ctx: &EdgeContext, stream: &impl Socket, peer: SocketAddr, deadline: Instant) -> Option<(BytesMut, bool)> {
+/// failure the connection is counted as closed (and the caller drops it).
+async fn ws_upgrade(ctx: &EdgeContext, stream: &impl Socket, peer: SocketAddr, deadline: Instant, transport: Transport) -> Option<(BytesMut, bool)> {
     let upgrade = ws::upgrade(stream, &ctx.config.listen.ws_path, ctx.config.listen.ws_permessage_deflate);
     let reason = match tokio::time::timeout_at(deadline, upgrade).await {
         Ok(Ok(upgraded)) => return Some(upgraded),
@@ -396,15 +375,15 @@ async fn ws_upgrade(ctx: &EdgeContext, stream: &impl Socket, peer: SocketAddr, d
             CloseReason::ProtocolError
         }
     };
-    handshake_failed(ctx, peer, reason, "websocket upgrade");
+    handshake_failed(ctx, peer, reason, "websocket upgrade", transport);
     None
 }
 
 /// A connection that ends before it has a session: counted as closed, logged unless the client
 /// just went away.
-fn handshake_failed(ctx: &EdgeContext, peer: SocketAddr, reason: CloseReason, what: &str) {
+fn handshake_failed(ctx: &EdgeContext, peer: SocketAddr, reason: CloseReason, what: &str, transport: Transport) {
     ctx.stats.closed(reason);
-    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    ctx.stats.connection_closed(transport);
     if reason != CloseReason::ClientGone {
         ctx.stats.log_close(reason, 0, Some(peer), what);
     }
@@ -418,7 +397,7 @@ async fn accept_tls(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
     let Some(config) = ctx.tls.clone() else {
         // Not reached: TLS listeners are bound only with a configuration.
-        handshake_failed(&ctx, peer, CloseReason::ProtocolError, "no TLS configuration");
+        handshake_failed(&ctx, peer, CloseReason::ProtocolError, "no TLS configuration", transport);
         return;
     };
     let socket = match tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await {
@@ -436,20 +415,20 @@ async fn accept_tls(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
                 }
                 _ => CloseReason::ClientGone,
             };
-            handshake_failed(&ctx, peer, reason, "TLS handshake");
+            handshake_failed(&ctx, peer, reason, "TLS handshake", transport);
             return;
         }
     };
     if transport == Transport::Wss {
-        let Some((inbuf, deflate)) = ws_upgrade(&ctx, &socket, peer, deadline).await else { return };
+        let Some((inbuf, deflate)) = ws_upgrade(&ctx, &socket, peer, deadline, transport).await else { return };
         let decoder = WsDecoder::new(ctx.config.limits.max_ws_message_bytes, deflate);
         let session = Session::new(ctx, peer, accepted_at);
-        let task = serve(session, socket, inbuf, decoder, WsEncoder::new(deflate), "wss");
+        let task = serve(session, socket, inbuf, decoder, WsEncoder::new(deflate), transport);
         log_task_size(transport, &task);
         tokio::spawn(task);
     } else {
         let session = Session::new(ctx, peer, accepted_at);
-        let task = serve(session, socket, BytesMut::new(), TcpDecoder, TcpEncoder, "tls");
+        let task = serve(session, socket, BytesMut::new(), TcpDecoder, TcpEncoder, transport);
         log_task_size(transport, &task);
         tokio::spawn(task);
     }

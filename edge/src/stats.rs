@@ -154,10 +154,41 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
+/// How a client is connected: the label of the per-transport connection gauge (and of logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// goim over TCP.
+    Tcp,
+    /// goim over WebSocket.
+    Ws,
+    /// goim over WebSocket over TLS.
+    Wss,
+    /// goim over TCP over TLS.
+    Tls,
+    /// An HTTP session (Server-Sent Events or long-polling, `crate::transport::http`).
+    Http,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 5] = [Transport::Tcp, Transport::Ws, Transport::Wss, Transport::Tls, Transport::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            Transport::Tls => "tls",
+            Transport::Http => "http",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Accepted sockets that have not closed yet (authenticated or not).
+    /// Accepted sockets that have not closed yet (authenticated or not), HTTP sessions included.
     pub connections: AtomicI64,
+    /// The same, per [`Transport`] (indexed by its discriminant).
+    by_transport: [AtomicI64; Transport::ALL.len()],
     /// Connections that completed auth.
     pub authenticated: AtomicU64,
     /// Rooms (`room.*` subjects) with local members.
@@ -235,6 +266,17 @@ impl LogGate {
 }
 
 impl Stats {
+    /// A connection (or HTTP session) accepted on `transport`; [`Stats::connection_closed`] when it ends.
+    pub fn connection_opened(&self, transport: Transport) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.by_transport[transport as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, transport: Transport) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.by_transport[transport as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn closed(&self, reason: CloseReason) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -271,6 +313,10 @@ impl Stats {
         Snapshot {
             id: id.to_string(),
             connections: self.connections.load(Ordering::Relaxed),
+            connections_by_transport: Transport::ALL
+                .iter()
+                .map(|t| (t.as_str().to_string(), self.by_transport[*t as usize].load(Ordering::Relaxed).max(0) as u64))
+                .collect(),
             authenticated: self.authenticated.load(Ordering::Relaxed),
             rooms: self.rooms.load(Ordering::Relaxed).max(0) as u64,
             nats_subscriptions: self.nats_subscriptions.load(Ordering::Relaxed).max(0) as u64,
@@ -311,6 +357,8 @@ impl Stats {
 pub struct Snapshot {
     pub id: String,
     pub connections: i64,
+    /// Open connections per transport (`tcp`, `ws`, `wss`, `tls`, `http`).
+    pub connections_by_transport: std::collections::BTreeMap<String, u64>,
     pub authenticated: u64,
     /// Rooms with local members.
     pub rooms: u64,
@@ -357,6 +405,9 @@ impl Snapshot {
         };
         let one = |v: u64| vec![(String::new(), v)];
         metric("connections", "gauge", "Open client connections (accepted, not yet closed).", &one(self.connections.max(0) as u64));
+        let by_transport: Vec<(String, u64)> =
+            self.connections_by_transport.iter().map(|(t, v)| (format!("{{transport=\"{t}\"}}"), *v)).collect();
+        metric("connections_by_transport", "gauge", "Open client connections by transport.", &by_transport);
         metric("authenticated_total", "counter", "Connections that completed auth.", &one(self.authenticated));
         metric("subjects", "gauge", "Distinct subjects of this edge's clients.", &one(self.subjects as u64));
         metric("rooms", "gauge", "Rooms with members on this edge.", &one(self.rooms));

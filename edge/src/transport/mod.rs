@@ -40,7 +40,7 @@ use crate::outbox::{Batch, Outbox, Outgoing};
 use crate::protocol::websocket::FrameError;
 use crate::protocol::{DecodeError, Packet};
 use crate::session::{Flow, Session};
-use crate::stats::{CloseReason, Stats};
+use crate::stats::{CloseReason, Stats, Transport};
 
 /// Bytes taken from the socket per read (a stack buffer; only a partial packet outlives the read).
 const READ_CHUNK: usize = 4096;
@@ -98,7 +98,7 @@ pub fn serve<S: Socket>(
     inbuf: BytesMut,
     decoder: impl Decode,
     encoder: impl Encode,
-    transport: &'static str,
+    transport: Transport,
 ) -> impl std::future::Future<Output = ()> + Send {
     let mut session = session;
     let mut decoder = decoder;
@@ -124,7 +124,8 @@ pub fn serve<S: Socket>(
         let reason = member.outbox.close(reason);
         session.finish();
         ctx.stats.closed(reason);
-        ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        ctx.stats.connection_closed(transport);
+        let transport = transport.as_str();
         match reason {
             // The drain logs its own summary.
             CloseReason::ClientGone | CloseReason::Shutdown => debug!(conn = member.id, transport, %reason, "connection closed"),
