@@ -87,6 +87,11 @@ pub struct ListenConfig {
     pub http: String,
     /// Origins allowed to call the HTTP transports from a browser (CORS); `"*"` = any; empty = none.
     pub http_cors_origins: Vec<String>,
+    /// How long an HTTP session lives with no event stream open and no poll in flight (then it is
+    /// closed as `client_gone`); also how long a closed one answers 410 with its reason.
+    pub http_session_grace_ms: u64,
+    /// The longest a long-poll waits for events (and its default `timeout_ms`).
+    pub http_poll_max_ms: u64,
 }
 
 impl Default for ListenConfig {
@@ -99,6 +104,8 @@ impl Default for ListenConfig {
             backlog: 4096,
             http: String::new(),
             http_cors_origins: Vec::new(),
+            http_session_grace_ms: 30_000,
+            http_poll_max_ms: 25_000,
         }
     }
 }
@@ -412,8 +419,14 @@ impl Config {
         if !self.edge.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return invalid("edge.id may hold only A-Z, a-z, 0-9, '_' and '-'");
         }
-        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() {
-            return invalid("listen.tcp and listen.ws are both disabled");
+        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() && self.listen.http.is_empty() {
+            return invalid("listen.tcp, listen.ws and listen.http are all disabled");
+        }
+        if self.listen.http_session_grace_ms == 0 || self.listen.http_session_grace_ms > 3_600_000 {
+            return invalid("listen.http_session_grace_ms must be between 1 and 3600000 (1 h)");
+        }
+        if self.listen.http_poll_max_ms == 0 || self.listen.http_poll_max_ms > 600_000 {
+            return invalid("listen.http_poll_max_ms must be between 1 and 600000 (10 min)");
         }
         if !self.listen.ws_path.starts_with('/') {
             return invalid("listen.ws_path must start with '/'");
@@ -476,6 +489,7 @@ mod tests {
         assert_eq!(c.listen.tcp, d.listen.tcp);
         assert_eq!(c.listen.ws, d.listen.ws);
         assert_eq!((&c.listen.http, &c.listen.http_cors_origins), (&d.listen.http, &d.listen.http_cors_origins));
+        assert_eq!((c.listen.http_session_grace_ms, c.listen.http_poll_max_ms), (d.listen.http_session_grace_ms, d.listen.http_poll_max_ms));
         assert_eq!(c.session.idle_timeout_ms, d.session.idle_timeout_ms);
         assert_eq!(c.session.handshake_timeout_ms, d.session.handshake_timeout_ms);
         assert_eq!(c.nats.urls, d.nats.urls);
@@ -529,5 +543,14 @@ mod tests {
         let e = Config::parse("[nats]\nurl = \"x\"").unwrap_err().to_string();
         assert!(e.contains("url"), "{e}");
         assert!(Config::parse("[nats]\nconnections = 0").is_err());
+        let e = Config::parse("[listen]\ntcp = \"\"\nws = \"\"").unwrap_err().to_string();
+        assert!(e.contains("all disabled"), "{e}");
+        assert!(Config::parse("[listen]\nhttp_poll_max_ms = 0").is_err());
+    }
+
+    #[test]
+    fn an_http_only_edge_is_valid() {
+        let c = Config::parse("[listen]\ntcp = \"\"\nws = \"\"\nhttp = \"127.0.0.1:3104\"").unwrap();
+        assert_eq!((c.listen.tcp.as_str(), c.listen.ws.as_str(), c.listen.http.as_str()), ("", "", "127.0.0.1:3104"));
     }
 }

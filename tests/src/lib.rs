@@ -21,6 +21,7 @@ pub mod demo;
 pub mod edge;
 pub mod goim;
 pub mod history;
+pub mod http;
 pub mod logic;
 pub mod nats;
 pub mod process;
