@@ -247,3 +247,86 @@ pub async fn reply(sse: &Sse, op: i32, body: &[u8]) -> (i64, Vec<u8>) {
     (v["op"].as_i64().expect("op"), b64(&v["body"]))
 }
 
+
+/// A long-poll session (`POST /poll`, then `/session/<id>/poll?ack=`).
+pub struct Poller {
+    pub http: SocketAddr,
+    pub session: String,
+    /// The cursor the next poll acknowledges.
+    pub ack: u64,
+}
+
+/// One polled event: (op, seq, body).
+pub type Polled = (i64, i64, Vec<u8>);
+
+impl Poller {
+    /// `POST /poll` with the auth body; Err((status, body)) when the edge refuses.
+    pub async fn open(http: SocketAddr, auth: &[u8]) -> Result<Poller, (u16, String)> {
+        let (status, _, text) = exchange(http, "POST", "/poll", &[], auth).await;
+        if status != 200 {
+            return Err((status, text));
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!((v["reply"]["op"].as_i64(), v["next"].as_u64()), (Some(8), Some(0)), "{v}");
+        let session = v["session"].as_str().expect("session").to_string();
+        assert_eq!(session.len(), 32, "{v}");
+        Ok(Poller { http, session, ack: 0 })
+    }
+
+    /// One poll acknowledging `ack`: (status, JSON answer).
+    pub async fn poll_raw(&self, ack: u64, timeout_ms: u64) -> (u16, Value) {
+        let path = format!("/session/{}/poll?ack={ack}&timeout_ms={timeout_ms}", self.session);
+        let (status, _, text) = exchange(self.http, "GET", &path, &[], b"").await;
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("poll answer {text:?} ({status}) is not JSON: {e}"));
+        (status, v)
+    }
+
+    /// Poll (asserting 200), acknowledge what came with the next poll, return the events.
+    pub async fn poll(&mut self, timeout_ms: u64) -> Vec<Polled> {
+        let (status, v) = self.poll_raw(self.ack, timeout_ms).await;
+        assert_eq!(status, 200, "poll: {v}");
+        let events = parse_events(&v);
+        let next = v["next"].as_u64().unwrap_or_else(|| panic!("no next: {v}"));
+        assert!(next >= self.ack && next - self.ack == events.len() as u64, "cursor {} → {next} with {} events: {v}", self.ack, events.len());
+        self.ack = next;
+        events
+    }
+
+    /// Poll until `n` pushes (op ≥ 1000) came, within `WAIT`.
+    pub async fn pushes(&mut self, n: usize) -> Vec<Polled> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} pushes within {WAIT:?}: {got:?}", got.len());
+            got.extend(self.poll(1000).await.into_iter().filter(|e| e.0 >= 1000));
+        }
+        got
+    }
+
+    /// `POST /session/<id>/op/<op>`.
+    pub async fn op(&self, op: i32, body: &[u8]) -> (u16, Value) {
+        post_op(self.http, &self.session, op, body).await
+    }
+
+    /// The reply (op, body) to an upstream op, asserting 200.
+    pub async fn reply(&self, op: i32, body: &[u8]) -> (i64, Vec<u8>) {
+        let (status, v) = self.op(op, body).await;
+        assert_eq!(status, 200, "op {op}: {v}");
+        (v["op"].as_i64().expect("op"), b64(&v["body"]))
+    }
+}
+
+/// The events of a poll answer.
+pub fn parse_events(v: &Value) -> Vec<Polled> {
+    v["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {v}"))
+        .iter()
+        .map(|e| (e["op"].as_i64().expect("op"), e["seq"].as_i64().expect("seq"), b64(&e["body"])))
+        .collect()
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
