@@ -176,11 +176,17 @@ async fn token_mode_refuses_forged_and_out_of_scope_tokens() {
     let mut sse = Sse::open(http, &Auth::new(7).room("live://1").accepts(&[1000]).token(&token).body()).await.expect("valid token");
     nats.publish("user.7", b"to-7").await;
     assert_eq!(sse.next_push().await, (1000, b"to-7".to_vec()));
+    // Op 7: an in-band token refresh (op 8); a forged one closes the session, as over TCP.
+    let fresh = authsvc.token(json!({"mid": 7, "rooms": ["live://1"], "accepts": [1000]})).await;
+    assert_eq!(reply(&sse, 7, json!({"token": fresh}).to_string().as_bytes()).await, (8, vec![]));
     // Change room outside the scope: answered (op 13), but the session stays in live://1.
     assert_eq!(reply(&sse, 12, b"live://2").await, (13, b"live://2".to_vec()));
     nats.publish("room.live.2", b"not-here").await;
     nats.publish("room.live.1", b"still-here").await;
     assert_eq!(sse.next_push().await, (1000, b"still-here".to_vec()));
+    let (status, v) = sse.op(7, json!({"token": forged}).to_string().as_bytes()).await;
+    assert_eq!(status, 410, "{v}");
+    assert_eq!(sse.expect_close().await, "bad_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,8 +41,9 @@
 //! "seq","body"},…]}` as soon as there are events after `ack` (or empty at the timeout); the next
 //! poll's `ack=<next>` drops them at the edge. Without that ack they come again.
 //!
-//! **Upstream**: `POST /session/<id>/op/<op>` (ops 2, 4, 12, 14, 16; body = the goim body, at most
-//! 4096 bytes) answers goim's reply as `{"op":3,"seq":2,"body":"<base64>"}`.
+//! **Upstream**: `POST /session/<id>/op/<op>` (ops 2, 4, 12, 14, 16, and 7 — a token refresh — in
+//! `auth.mode = "token"`; body = the goim body, at most 4096 bytes) answers goim's reply as
+//! `{"op":3,"seq":2,"body":"<base64>"}`.
 //!
 //! **Errors** are JSON `{"error":"…"}`: 400 malformed, 401 bad or missing token, 403 outside the
 //! token's scope, 404 unknown session or route, 409 wrong kind of session, 410 closed session, 413 a
@@ -221,13 +222,17 @@ async fn create(state: &Arc<HttpState>, peer: SocketAddr, auth: Bytes, kind: Kin
     let session = Session::new(ctx.clone(), peer, Instant::now());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let hs = Arc::new(HttpSession::new(id.clone(), kind, session, ctx.config.limits.max_outbound_bytes, state.grace()));
-    // Nobody knows the id before the answer; registered now so that the pump's teardown finds it.
-    state.sessions().insert(id, hs.clone());
     let (tx, rx) = oneshot::channel();
     hs.expect_reply(1, Some(op::AUTH_REPLY), tx);
     // The auth holds the session until it is done, a resume's replay included; the pump drains the
-    // outbox meanwhile, so a replay of any length goes through.
-    let guard = hs.session.clone().lock_owned().await;
+    // outbox meanwhile, so a replay of any length goes through. (A fresh lock: taken at once, and
+    // without an await, so that a client going away cannot leave a session without its pump.)
+    let Ok(guard) = hs.session.clone().try_lock_owned() else {
+        ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "a new session's lock was taken"));
+    };
+    // Nobody knows the id before the answer; registered now so that the pump's teardown finds it.
+    state.sessions().insert(id, hs.clone());
     tokio::spawn(session::pump(state.clone(), hs.clone()));
     let handshake = ctx.config.session.handshake_timeout();
     let auth_hs = hs.clone();
@@ -297,8 +302,10 @@ async fn upstream(State(state): State<Arc<HttpState>>, Path((id, op)): Path<(Str
     if let Some(reason) = hs.closed_reason() {
         return gone(reason);
     }
-    let Some(op) = op.parse::<i32>().ok().filter(|o| UPSTREAM_OPS.contains(o)) else {
-        return error(StatusCode::BAD_REQUEST, "op must be 2, 4, 12, 14 or 16");
+    // Op 7 in token mode: an in-band token refresh (answered by op 8), as over TCP.
+    let token_mode = state.ctx.access.mode == crate::config::AuthMode::Token;
+    let Some(op) = op.parse::<i32>().ok().filter(|o| UPSTREAM_OPS.contains(o) || (token_mode && *o == op::AUTH)) else {
+        return error(StatusCode::BAD_REQUEST, "op must be 2, 4, 12, 14 or 16 (or 7, a token refresh, in auth.mode token)");
     };
     let max = state.ctx.config.limits.max_packets_per_sec;
     let now_secs = state.ctx.started.elapsed().as_secs() as u32;
