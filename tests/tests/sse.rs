@@ -352,6 +352,54 @@ async fn last_event_id_resumes_from_history_once_the_session_is_gone() {
     assert_eq!(n, 11);
 }
 
+/// A replay ten times the write bound reaches a reading client whole (paced by it, as over TCP),
+/// over SSE and over long-polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_larger_than_the_bound_is_paced_not_cut_off() {
+    use goim_nats_tests::history::{History, HistoryOpts, JsPub};
+    let nats = NatsServer::start().await;
+    let _history = History::start(&nats, HistoryOpts::new()).await;
+    let edge = Edge::start(&nats, http_edge().max_outbound_bytes(8192)).await;
+    let http = edge.http_addr();
+    let mut js = JsPub::new(&nats).await;
+    let from = js.seq("room.live.big", &[], b"seen").await;
+    let want: Vec<String> = (0..200).map(|i| format!("{i:04}{}", "x".repeat(400))).collect();
+    for body in &want {
+        js.seq("room.live.big", &[], body.as_bytes()).await;
+    }
+    let auth = json!({"mid": 11, "room_id": "live://big", "resume": {"room": from}}).to_string();
+
+    let mut sse = Sse::open(http, auth.as_bytes()).await.expect("sse open");
+    let mut got = Vec::new();
+    let answer = loop {
+        let e = sse.next_event().await;
+        match (e.name.as_str(), e.op()) {
+            ("push", _) => got.push(String::from_utf8(e.body()).unwrap()),
+            ("reply", 20) => break serde_json::from_slice::<Value>(&e.body()).unwrap(),
+            _ => panic!("unexpected {e:?}"),
+        }
+    };
+    assert_eq!(answer["room"], json!({"ok": true, "replayed": 200}), "{answer}");
+    assert!(got == want, "SSE: {} of 200 replayed, in order?", got.len());
+
+    let mut poller = Poller::open(http, auth.as_bytes()).await.expect("poll open");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let answer = 'outer: loop {
+        assert!(Instant::now() < deadline, "{} replayed, no op 20", got.len());
+        for (op, _, body) in poller.poll(1000).await {
+            if op == 20 {
+                break 'outer serde_json::from_slice::<Value>(&body).unwrap();
+            }
+            got.push(String::from_utf8(body).unwrap());
+        }
+    };
+    assert_eq!(answer["room"], json!({"ok": true, "replayed": 200}), "{answer}");
+    assert!(got == want, "long-poll: {} of 200 replayed, in order?", got.len());
+    let stats = edge.stats(&nats).await;
+    assert_eq!(stats["closed"]["slow_consumer"], 0, "{stats}");
+}
+
 #[test]
 fn ready_line_http_address_is_optional() {
     use goim_nats_tests::edge::{parse_ready_http, parse_ready_line};

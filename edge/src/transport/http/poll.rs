@@ -9,9 +9,9 @@
 //! (body base64), or `{"next":<ack>,"events":[]}` after `timeout_ms` (default and maximum
 //! `listen.http_poll_max_ms`). The client passes `next` as the following poll's `ack`; a response that
 //! got lost is simply sent again by a poll with the old `ack`. An `ack` beyond the last cursor handed
-//! out is 400. Events after the last ack count against `limits.max_outbound_bytes`: a client that
-//! stops polling (or acking) is closed as `slow_consumer` and its next poll answers 410 with the
-//! reason; a session with no poll in flight for `listen.http_session_grace_ms` closes (`client_gone`).
+//! out is 400. Events after the last ack fill the session's log (half of `limits.max_outbound_bytes`)
+//! and then its outbox (the bound): a client that stops polling (or acking) is closed as
+//! `slow_consumer` and its next poll answers 410 with the reason; a session with no poll in flight for `listen.http_session_grace_ms` closes (`client_gone`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

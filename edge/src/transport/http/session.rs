@@ -8,10 +8,13 @@
 //! poll) read the log after a cursor and never touch the outbox, so a long replay reaches the log while
 //! no consumer is attached, and a consumer that comes back finds what it missed.
 //!
-//! Bounds (the WebSocket write bound, counted the same way: encoded packet bytes): events not yet
-//! written to a stream (SSE) or not yet acknowledged (poll) may hold at most `limits.max_outbound_bytes`;
-//! one more closes the session as `slow_consumer` (never a silent drop). SSE events already written
-//! are kept for a re-attach, at most a quarter of the bound, oldest dropped first.
+//! Bounds (the WebSocket write bound, counted the same way: encoded packet bytes). The log plays the
+//! socket's part: the pump takes from the outbox only while the events not yet written to a stream
+//! (SSE) or not yet acknowledged (poll) hold at most half of `limits.max_outbound_bytes`, so what
+//! the client does not take backs up into the outbox, whose bound closes the session as
+//! `slow_consumer` (never a silent drop) — and a resume's replay, which waits for room in the outbox,
+//! is paced by the client as over TCP instead of overflowing. SSE events already written are kept for
+//! a re-attach, at most a quarter of the bound, oldest dropped first.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -131,8 +134,8 @@ pub struct HttpSession {
     log: Mutex<Log>,
     /// Consumers: events appended, closed, stream replaced.
     changed: Notify,
-    /// The pump: attach or detach.
-    attach_changed: Notify,
+    /// The pump: attach or detach, room in the log.
+    wake_pump: Notify,
     limit: usize,
     grace: Duration,
 }
@@ -147,7 +150,7 @@ impl Drop for Attached {
         log.attached = log.attached.saturating_sub(1);
         log.detached_since = Instant::now();
         drop(log);
-        self.0.attach_changed.notify_one();
+        self.0.wake_pump.notify_one();
     }
 }
 
@@ -178,7 +181,7 @@ impl HttpSession {
                 stream_gen: 0,
             }),
             changed: Notify::new(),
-            attach_changed: Notify::new(),
+            wake_pump: Notify::new(),
             limit,
             grace,
         }
@@ -211,7 +214,7 @@ impl HttpSession {
         }
         let generation = log.stream_gen;
         drop(log);
-        self.attach_changed.notify_one();
+        self.wake_pump.notify_one();
         if stream {
             self.changed.notify_waiters();
         }
@@ -242,6 +245,8 @@ impl HttpSession {
             }
         }
         log.dropped = log.dropped.max(cursor);
+        drop(log);
+        self.wake_pump.notify_one();
         Ok(())
     }
 
@@ -264,6 +269,7 @@ impl HttpSession {
             log.sent_bytes = log.sent_bytes.saturating_sub(e.packet.encoded_len());
             log.dropped = e.cursor;
         }
+        self.wake_pump.notify_one();
     }
 
     /// The events after `cursor`, once there are any; or the close, a timeout at `until`, or (for the
@@ -322,7 +328,9 @@ impl HttpSession {
 
     fn append(&self, name: &'static str, packet: Packet) -> Result<(), CloseReason> {
         let mut log = self.lock_log();
-        if log.unsent_bytes + packet.encoded_len() > self.limit {
+        // Unreachable while the pump takes only with room (half the bound plus one outbox batch of
+        // at most the bound): kept as the hard bound.
+        if log.unsent_bytes + packet.encoded_len() > 2 * self.limit {
             return Err(CloseReason::SlowConsumer);
         }
         if name == "push" && packet.seq != 0 {
@@ -334,6 +342,11 @@ impl HttpSession {
         let pos = log.pos;
         log.events.push_back(Event { cursor, name, packet, pos });
         Ok(())
+    }
+
+    /// Whether the pump may take the next outbox batch.
+    fn has_room(&self) -> bool {
+        self.lock_log().unsent_bytes <= self.limit / 2
     }
 
     /// When the session expires for want of a consumer (None while one is attached).
@@ -370,6 +383,15 @@ async fn goim_deadline(session: &tokio::sync::Mutex<Session>) -> CloseReason {
     }
 }
 
+/// The next outbox batch, or only its close while the log has no room.
+async fn next_batch(hs: &HttpSession) -> Batch {
+    if hs.has_room() {
+        hs.member.outbox.next_batch().await
+    } else {
+        Batch::Closed(hs.member.outbox.closed().await)
+    }
+}
+
 /// The session's life: see the module docs. Returns after the teardown.
 pub async fn pump(state: Arc<HttpState>, hs: Arc<HttpSession>) {
     // One future for the whole life: a delegated renewal in progress is not cut short by pushes.
@@ -377,10 +399,11 @@ pub async fn pump(state: Arc<HttpState>, hs: Arc<HttpSession>) {
     tokio::pin!(deadline);
     let mut deadline_passed = false;
     let reason = loop {
-        let attach_changed = hs.attach_changed.notified();
+        let wake_pump = hs.wake_pump.notified();
         let grace = hs.grace_deadline();
         tokio::select! {
-            batch = hs.member.outbox.next_batch() => match batch {
+            // Without room in the log the outbox fills up instead (and a replay waits for room).
+            batch = next_batch(&hs) => match batch {
                 Batch::Items(items) => hs.take(items),
                 Batch::Closed(reason) => break reason,
             },
@@ -394,7 +417,7 @@ pub async fn pump(state: Arc<HttpState>, hs: Arc<HttpSession>) {
                     hs.member.outbox.close(CloseReason::ClientGone);
                 }
             }
-            () = attach_changed => {}
+            () = wake_pump => {}
         }
     };
     hs.close_log(reason);
