@@ -9,8 +9,10 @@
 //! later request. Every session keeps a log of numbered events (cursor 1, 2, …; [`session`]): what a
 //! consumer has not yet received is never lost while the session lives. A session lives on without a
 //! consumer (no event stream open, no poll in flight) for `listen.http_session_grace_ms`, then closes
-//! (`client_gone`). A closed session answers `410 {"error":"session closed: <reason>","reason":…}` for
-//! the grace period (so a client learns why: `slow_consumer`, `idle_timeout`, `kicked`, …), then `404`.
+//! (`client_gone`). A closed session answers `410 {"error":"session closed: <reason>","reason":…}`
+//! (so a client learns why: `slow_consumer`, `idle_timeout`, `kicked`, …) until it has told the client
+//! once (a poll's 410, an SSE `close` event), at most for the grace period; then `404`. Buffering is
+//! bounded like a WebSocket connection's (`session` docs).
 //!
 //! **SSE** ([`sse`]): `GET /sse?auth=<url-encoded auth JSON>` or `POST /sse` (body: the auth JSON):
 //!
