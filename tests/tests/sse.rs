@@ -400,6 +400,24 @@ async fn a_resume_larger_than_the_bound_is_paced_not_cut_off() {
     assert_eq!(stats["closed"]["slow_consumer"], 0, "{stats}");
 }
 
+/// SIGTERM: an SSE client is told `shutdown` (its close event) before the edge exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_tells_sse_clients() {
+    let nats = NatsServer::start().await;
+    let mut edge = Edge::start(&nats, http_edge().with("edge", "drain_ms", "200")).await;
+    let mut sse = Sse::open(edge.http_addr(), &Auth::new(1).room("live://down").body()).await.expect("sse open");
+    // terminate() blocks (it waits for the exit): off the runtime's workers, while the stream is read.
+    let exited = tokio::task::spawn_blocking(move || {
+        let st = edge.terminate();
+        (edge, st)
+    });
+    let events = sse.until_end(WAIT).await;
+    let close = events.iter().find(|e| e.name == "close").unwrap_or_else(|| panic!("no close event: {events:?}"));
+    assert_eq!(close.data["reason"], "shutdown", "{close:?}");
+    let (_edge, st) = exited.await.expect("terminate");
+    assert!(st.is_some_and(|s| s.success()), "the edge exits cleanly: {st:?}");
+}
+
 #[test]
 fn ready_line_http_address_is_optional() {
     use goim_nats_tests::edge::{parse_ready_http, parse_ready_line};
