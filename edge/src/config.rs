@@ -118,6 +118,11 @@ pub struct ListenConfig {
     pub http: String,
     /// Origins allowed to call the HTTP transports from a browser (CORS); `"*"` = any; empty = none.
     pub http_cors_origins: Vec<String>,
+    /// How long an HTTP session lives with no event stream open and no poll in flight (then it is
+    /// closed as `client_gone`); also how long a closed one answers 410 with its reason.
+    pub http_session_grace_ms: u64,
+    /// The longest a long-poll waits for events (and its default `timeout_ms`).
+    pub http_poll_max_ms: u64,
 }
 
 impl Default for ListenConfig {
@@ -133,6 +138,8 @@ impl Default for ListenConfig {
             backlog: 4096,
             http: String::new(),
             http_cors_origins: Vec::new(),
+            http_session_grace_ms: 30_000,
+            http_poll_max_ms: 25_000,
         }
     }
 }
@@ -459,8 +466,14 @@ impl Config {
         if self.tls.enabled() && l.wss.is_empty() && l.tls.is_empty() {
             return invalid("tls.cert_path is set but listen.wss and listen.tls are both disabled");
         }
-        if l.tcp.is_empty() && l.ws.is_empty() && !self.tls.enabled() {
-            return invalid("listen.tcp and listen.ws are both disabled (and TLS is off)");
+        if l.tcp.is_empty() && l.ws.is_empty() && l.http.is_empty() && !self.tls.enabled() {
+            return invalid("listen.tcp, listen.ws and listen.http are all disabled (and TLS is off)");
+        }
+        if l.http_session_grace_ms == 0 || l.http_session_grace_ms > 3_600_000 {
+            return invalid("listen.http_session_grace_ms must be between 1 and 3600000 (1 h)");
+        }
+        if l.http_poll_max_ms == 0 || l.http_poll_max_ms > 600_000 {
+            return invalid("listen.http_poll_max_ms must be between 1 and 600000 (10 min)");
         }
         if !self.listen.ws_path.starts_with('/') {
             return invalid("listen.ws_path must start with '/'");
@@ -529,6 +542,7 @@ mod tests {
         assert_eq!((&c.tls.cert_path, &c.tls.key_path), (&d.tls.cert_path, &d.tls.key_path));
         assert!(!c.tls.enabled(), "the sample has TLS off");
         assert_eq!((&c.listen.http, &c.listen.http_cors_origins), (&d.listen.http, &d.listen.http_cors_origins));
+        assert_eq!((c.listen.http_session_grace_ms, c.listen.http_poll_max_ms), (d.listen.http_session_grace_ms, d.listen.http_poll_max_ms));
         assert_eq!(c.session.idle_timeout_ms, d.session.idle_timeout_ms);
         assert_eq!(c.session.handshake_timeout_ms, d.session.handshake_timeout_ms);
         assert_eq!(c.nats.urls, d.nats.urls);
@@ -604,7 +618,8 @@ mod tests {
         assert!(e.contains("listen.wss"), "{e}");
         // TLS alone is enough of a listener.
         assert!(Config::parse(&format!("[listen]\ntcp = \"\"\nws = \"\"\n{on}")).is_ok());
-        assert!(Config::parse("[listen]\ntcp = \"\"\nws = \"\"").is_err());
+        let e = Config::parse("[listen]\ntcp = \"\"\nws = \"\"").unwrap_err().to_string();
+        assert!(e.contains("all disabled"), "{e}");
     }
 
     #[test]
@@ -617,5 +632,12 @@ mod tests {
         assert_eq!(c.tls.cert_path, dir.join("certs/c.pem"));
         assert_eq!(c.tls.key_path, PathBuf::from("/abs/k.pem"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_http_only_edge_is_valid() {
+        assert!(Config::parse("[listen]\nhttp_poll_max_ms = 0").is_err());
+        let c = Config::parse("[listen]\ntcp = \"\"\nws = \"\"\nhttp = \"127.0.0.1:3104\"").unwrap();
+        assert_eq!((c.listen.tcp.as_str(), c.listen.ws.as_str(), c.listen.http.as_str()), ("", "", "127.0.0.1:3104"));
     }
 }

@@ -270,7 +270,7 @@ async fn drain_clients(ctx: &EdgeContext, spread_until: Instant, hard_deadline: 
 }
 
 /// Whether a new connection from `peer` may come in, or the reason it is closed at once.
-fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Result<(), (CloseReason, String)> {
+pub(crate) fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Result<(), (CloseReason, String)> {
     let limits = &ctx.config.limits;
     match ctx.connect_rate.admit(peer.ip()) {
         Admit::Yes => {}

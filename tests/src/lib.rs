@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod edge;
 pub mod goim;
 pub mod history;
+pub mod http;
 pub mod logic;
 pub mod nats;
 pub mod process;

@@ -22,7 +22,9 @@ async fn wait_metric(edge: &Edge, name: &str, want: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nats() {
     let mut nats = NatsServer::start().await;
-    let edge = Edge::start(&nats, EdgeOpts::new().with("listen", "http", "\"127.0.0.1:0\"")).await;
+    // A short grace: an HTTP session without its stream ends 100 ms after the stream does.
+    let opts = EdgeOpts::new().with("listen", "http", "\"127.0.0.1:0\"").with("listen", "http_session_grace_ms", "100");
+    let edge = Edge::start(&nats, opts).await;
     let port = edge.http_addr().port();
     let first = wait_metric(&edge, "goim_edge_connections", 0).await;
     assert!(first.contains("# TYPE goim_edge_deliveries_total counter"), "{first}");
@@ -31,7 +33,10 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
     let mut tcp = Client::connect_auth(Transport::Tcp, &edge, Auth::new(1).room("live://m")).await;
     let ws = Client::connect_auth(Transport::Ws, &edge, Auth::new(2).room("live://m")).await;
     wait_metric(&edge, "goim_edge_authenticated_total", 2).await;
-    wait_metric(&edge, "goim_edge_connections", 2).await;
+    let body = wait_metric(&edge, "goim_edge_connections", 2).await;
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"tcp\"}"), Some(1), "{body}");
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"ws\"}"), Some(1), "{body}");
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"http\"}"), Some(0), "{body}");
 
     for i in 0..3 {
         nats.publish("room.live.m", format!("m{i}").as_bytes()).await;
@@ -62,9 +67,19 @@ async fn metrics_follow_connections_deliveries_and_closes_and_health_follows_nat
     let body = wait_metric(&edge, "goim_edge_rooms", 1).await;
     assert_eq!(sample(&body, "goim_edge_nats_subscriptions"), Some(subs), "{body}");
 
+    // An HTTP session counts as a connection of transport "http".
+    let sse = goim_nats_tests::http::Sse::open(edge.http_addr(), &Auth::new(4).room("live://m").body()).await.expect("SSE session");
+    let body = wait_metric(&edge, "goim_edge_connections", 4).await;
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"http\"}"), Some(1), "{body}");
+    drop(sse);
+    let body = wait_metric(&edge, "goim_edge_connections", 3).await;
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"http\"}"), Some(0), "{body}");
+
     drop(ws);
     let body = wait_metric(&edge, "goim_edge_connections", 2).await;
-    assert_eq!(sample(&body, "goim_edge_closed_total{reason=\"client_gone\"}"), Some(1), "{body}");
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"ws\"}"), Some(0), "{body}");
+    assert_eq!(sample(&body, "goim_edge_connections_by_transport{transport=\"tcp\"}"), Some(2), "{body}");
+    assert_eq!(sample(&body, "goim_edge_closed_total{reason=\"client_gone\"}"), Some(2), "the SSE session (expired) and the WebSocket: {body}");
 
     // Health: up with NATS, 503 while it is down, up again after it returns.
     assert_eq!(nats::http_get(port, "/healthz").await.0, 200);

@@ -1,221 +1,22 @@
-//! HTTP transports (issue 9, first slice): a goim session over Server-Sent Events downstream and
-//! POSTs upstream (`edge/src/transport/http.rs`), against a real nats-server and edge.
+//! HTTP transports (issue 9): a goim session over Server-Sent Events downstream and POSTs upstream
+//! (`edge/src/transport/http/`), against a real nats-server and edge: pushes as a TCP client gets
+//! them, 4xx answers, tokens, the write bound, expiry, re-attaching a dropped stream by its
+//! `Last-Event-ID`, and resuming from history once the session is gone.
 //!
-//! The SSE client is a tiny hand-written HTTP/1.0 client (a close-delimited body, so no chunked
-//! decoding): what it reads is exactly what a browser's `EventSource` parses.
+//! The SSE client (tests/src/http.rs) is a tiny hand-written HTTP/1.0 client: what it reads is
+//! exactly what a browser's `EventSource` parses.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use base64::Engine;
 use goim_nats_tests::goim::*;
+use goim_nats_tests::http::*;
 use goim_nats_tests::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 fn http_edge() -> EdgeOpts {
     EdgeOpts::new()
         .with("listen", "http", "\"127.0.0.1:0\"")
         .with("listen", "http_cors_origins", "[\"https://app.example\"]")
-}
-
-/// `application/x-www-form-urlencoded`-safe percent-encoding of everything but unreserved bytes.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// One parsed SSE event.
-#[derive(Debug, Clone)]
-struct Event {
-    name: String,
-    id: Option<String>,
-    data: Value,
-}
-
-impl Event {
-    fn op(&self) -> i64 {
-        self.data["op"].as_i64().unwrap_or_else(|| panic!("event without op: {self:?}"))
-    }
-    fn body(&self) -> Vec<u8> {
-        b64(&self.data["body"])
-    }
-}
-
-fn b64(v: &Value) -> Vec<u8> {
-    let s = v.as_str().unwrap_or_else(|| panic!("body is not a string: {v}"));
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_else(|e| panic!("body {s:?} is not base64: {e}"))
-}
-
-/// An open event stream.
-struct Sse {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    events: VecDeque<Event>,
-    comments: usize,
-    session: String,
-    http: SocketAddr,
-}
-
-/// Send `head` (+ `body`) and read the response head: (status, head text, bytes already read past it).
-async fn request(stream: &mut TcpStream, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    stream.write_all(head.as_bytes()).await.expect("send head");
-    stream.write_all(body).await.expect("send body");
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            return (status, head, buf[end + 4..].to_vec());
-        }
-        let mut chunk = [0u8; 4096];
-        let n = timeout(deadline.saturating_duration_since(Instant::now()), stream.read(&mut chunk))
-            .await
-            .expect("response head timed out")
-            .expect("read response head");
-        assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// A whole HTTP/1.0 exchange: (status, head, body).
-async fn exchange(http: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(http).await.expect("connect http");
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {http}\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let (status, head, mut rest) = request(&mut s, &head, body).await;
-    timeout(WAIT, s.read_to_end(&mut rest)).await.expect("response body timed out").expect("read body");
-    (status, head, String::from_utf8_lossy(&rest).to_string())
-}
-
-impl Sse {
-    /// `GET /sse?auth=...`; Err((status, body)) when the edge refuses.
-    async fn open(http: SocketAddr, auth: &[u8]) -> Result<Sse, (u16, String)> {
-        let path = format!("/sse?auth={}", urlencode(&String::from_utf8_lossy(auth)));
-        Self::open_with(http, &format!("GET {path} HTTP/1.0\r\nHost: {http}\r\n\r\n"), b"").await
-    }
-
-    /// `POST /sse` with the auth body.
-    async fn open_post(http: SocketAddr, auth: &[u8]) -> Result<Sse, (u16, String)> {
-        let head = format!("POST /sse HTTP/1.0\r\nHost: {http}\r\nContent-Length: {}\r\n\r\n", auth.len());
-        Self::open_with(http, &head, auth).await
-    }
-
-    async fn open_with(http: SocketAddr, head: &str, body: &[u8]) -> Result<Sse, (u16, String)> {
-        let mut stream = TcpStream::connect(http).await.expect("connect http");
-        let (status, head, rest) = request(&mut stream, head, body).await;
-        if status != 200 {
-            let mut rest = rest;
-            let _ = timeout(WAIT, stream.read_to_end(&mut rest)).await;
-            return Err((status, String::from_utf8_lossy(&rest).to_string()));
-        }
-        assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
-        let mut sse = Sse { stream, buf: rest, events: VecDeque::new(), comments: 0, session: String::new(), http };
-        let first = sse.next_event().await;
-        assert_eq!(first.name, "session", "first event: {first:?}");
-        sse.session = first.data["session"].as_str().expect("session id").to_string();
-        assert_eq!(sse.session.len(), 32, "{first:?}");
-        let auth = sse.next_event().await;
-        assert_eq!((auth.name.as_str(), auth.op(), auth.body().len()), ("reply", 8, 0), "auth reply: {auth:?}");
-        Ok(sse)
-    }
-
-    /// Parse the complete events in the buffer.
-    fn parse(&mut self) {
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let block = String::from_utf8(self.buf[..end].to_vec()).expect("event stream is UTF-8");
-            self.buf.drain(..end + 2);
-            let (mut name, mut id, mut data) = ("message".to_string(), None, String::new());
-            for line in block.lines() {
-                if line.starts_with(':') {
-                    self.comments += 1;
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.into();
-                } else if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_string());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                } else {
-                    panic!("unexpected line {line:?} in the event stream");
-                }
-            }
-            if !data.is_empty() {
-                let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("data {data:?} is not JSON: {e}"));
-                self.events.push_back(Event { name, id, data });
-            }
-        }
-    }
-
-    /// The next event within `t`; None at a timeout. Panics if the stream ends.
-    async fn try_next_event(&mut self, t: Duration) -> Option<Event> {
-        let deadline = Instant::now() + t;
-        loop {
-            self.parse();
-            if let Some(e) = self.events.pop_front() {
-                return Some(e);
-            }
-            let mut chunk = [0u8; 8192];
-            match timeout(deadline.saturating_duration_since(Instant::now()), self.stream.read(&mut chunk)).await {
-                Err(_) => return None,
-                Ok(Ok(0)) => panic!("event stream ended; unparsed: {:?}", String::from_utf8_lossy(&self.buf)),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => panic!("event stream failed: {e}"),
-            }
-        }
-    }
-
-    async fn next_event(&mut self) -> Event {
-        self.try_next_event(WAIT).await.expect("no event in time")
-    }
-
-    /// The next push: (op, body).
-    async fn next_push(&mut self) -> (i32, Vec<u8>) {
-        let e = self.next_event().await;
-        assert_eq!(e.name, "push", "expected a push: {e:?}");
-        // `id:` (EventSource's Last-Event-ID) is the push's sequence, present only when it has one.
-        let seq = e.data["seq"].as_i64().expect("seq");
-        assert_eq!(e.id, (seq != 0).then(|| seq.to_string()), "{e:?}");
-        (e.op() as i32, e.body())
-    }
-
-    /// The stream's end: the `close` event's reason.
-    async fn expect_close(&mut self) -> String {
-        loop {
-            let e = self.next_event().await;
-            if e.name == "close" {
-                return e.data["reason"].as_str().expect("reason").to_string();
-            }
-        }
-    }
-
-    /// `POST /session/<id>/op/<op>`: (status, JSON answer).
-    async fn op(&self, op: i32, body: &[u8]) -> (u16, Value) {
-        post_op(self.http, &self.session, op, body).await
-    }
-}
-
-async fn post_op(http: SocketAddr, session: &str, op: i32, body: &[u8]) -> (u16, Value) {
-    let (status, _, text) = exchange(http, "POST", &format!("/session/{session}/op/{op}"), &[], body).await;
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer {text:?} ({status}) is not JSON: {e}"));
-    (status, v)
-}
-
-/// (op, body) of the reply to a POSTed op, asserting 200.
-async fn reply(sse: &Sse, op: i32, body: &[u8]) -> (i64, Vec<u8>) {
-    let (status, v) = sse.op(op, body).await;
-    assert_eq!(status, 200, "op {op}: {v}");
-    (v["op"].as_i64().expect("op"), b64(&v["body"]))
+        .with("listen", "http_session_grace_ms", "500")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,18 +83,11 @@ async fn sse_client_gets_what_a_tcp_client_gets_and_drives_its_session_by_post()
     assert_eq!(sse.next_push().await, (1000, b"both".to_vec()));
     drop(post);
 
-    // The client goes away: its session ends (the edge counts it, and its id is unknown from then on).
+    // The client goes away: its session ends once no stream came back for the grace period (500 ms
+    // here); the edge counts it, and the id is unknown from then on.
     let id = sse.session.clone();
     drop(sse);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, v) = post_op(edge.http_addr(), &id, 2, b"").await;
-        if status == 404 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "session {id} still answers after its stream closed: {status} {v}");
-        tokio::task::yield_now().await;
-    }
+    until_unknown(edge.http_addr(), &id).await;
     let stats = edge.stats(&nats).await;
     assert!(stats["closed"]["client_gone"].as_u64().unwrap_or(0) >= 2, "{stats}");
 }
@@ -323,7 +117,9 @@ async fn bad_http_requests_get_clear_4xx_answers() {
     // Bad auth JSON, a missing auth, unknown routes.
     assert_eq!(Sse::open(http, b"{not json").await.err().map(|e| e.0), Some(400));
     assert_eq!(Sse::open_post(http, br#"{"mid":"seven"}"#).await.err().map(|e| e.0), Some(400));
-    assert_eq!(Sse::open(http, br#"{"mid":1,"resume":{"room":1}}"#).await.err().map(|e| e.0), Some(400), "resume");
+    // An id this edge never issued as Last-Event-ID; an unknown session to re-attach to.
+    assert_eq!(Sse::open_path(http, "/sse?auth=%7B%7D", &[("Last-Event-ID", "17")]).await.err().map(|e| e.0), Some(400));
+    assert_eq!(Sse::open_path(http, "/sse?session=0123456789abcdef0123456789abcdef", &[]).await.err().map(|e| e.0), Some(404));
     let (status, _, _) = exchange(http, "GET", "/sse", &[], b"").await;
     assert_eq!(status, 400);
     let (status, _, _) = exchange(http, "GET", "/sub", &[], b"").await;
@@ -380,11 +176,17 @@ async fn token_mode_refuses_forged_and_out_of_scope_tokens() {
     let mut sse = Sse::open(http, &Auth::new(7).room("live://1").accepts(&[1000]).token(&token).body()).await.expect("valid token");
     nats.publish("user.7", b"to-7").await;
     assert_eq!(sse.next_push().await, (1000, b"to-7".to_vec()));
+    // Op 7: an in-band token refresh (op 8); a forged one closes the session, as over TCP.
+    let fresh = authsvc.token(json!({"mid": 7, "rooms": ["live://1"], "accepts": [1000]})).await;
+    assert_eq!(reply(&sse, 7, json!({"token": fresh}).to_string().as_bytes()).await, (8, vec![]));
     // Change room outside the scope: answered (op 13), but the session stays in live://1.
     assert_eq!(reply(&sse, 12, b"live://2").await, (13, b"live://2".to_vec()));
     nats.publish("room.live.2", b"not-here").await;
     nats.publish("room.live.1", b"still-here").await;
     assert_eq!(sse.next_push().await, (1000, b"still-here".to_vec()));
+    let (status, v) = sse.op(7, json!({"token": forged}).to_string().as_bytes()).await;
+    assert_eq!(status, 410, "{v}");
+    assert_eq!(sse.expect_close().await, "bad_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,6 +224,198 @@ async fn a_session_without_heartbeats_expires_with_goims_idle_timeout() {
     assert_eq!(status, 404, "{v}");
     let stats = edge.stats(&nats).await;
     assert!(stats["closed"]["idle_timeout"].as_u64().unwrap_or(0) >= 1, "{stats}");
+}
+
+/// Poll (POST op 2) until the session is unknown (404), within `WAIT`.
+async fn until_unknown(http: std::net::SocketAddr, id: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = post_op(http, id, 2, b"").await;
+        if status == 404 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "session {id} still known: {status} {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_reattaches_to_its_session_by_last_event_id_without_loss() {
+    let nats = NatsServer::start().await;
+    let edge = Edge::start(&nats, http_edge().with("listen", "http_session_grace_ms", "20000")).await;
+    let http = edge.http_addr();
+    let auth = Auth::new(8).room("live://re").accepts(&[1000]);
+    let path = format!("/sse?auth={}", urlencode(&String::from_utf8_lossy(&auth.body())));
+    let mut sse = Sse::open_path(http, &path, &[]).await.expect("sse open");
+    let id = sse.session.clone();
+    let mut p = nats.raw().await;
+    for i in 0..3 {
+        p.publish("room.live.re", format!("a{i}").as_bytes()).await;
+    }
+    for i in 0..3 {
+        assert_eq!(sse.next_push().await, (1000, format!("a{i}").into_bytes()));
+    }
+    let last = sse.last_id.clone().expect("an id");
+    drop(sse);
+    // While no stream is attached the session keeps what comes (a heartbeat proves it is alive).
+    for i in 0..5 {
+        p.publish("room.live.re", format!("b{i}").as_bytes()).await;
+        p.publish("user.8", format!("u{i}").as_bytes()).await;
+    }
+    p.flush().await;
+    assert_eq!(post_op(http, &id, 2, b"").await.0, 200);
+    // What an EventSource does by itself: the same URL, with Last-Event-ID.
+    let mut back = Sse::open_path(http, &path, &[("Last-Event-ID", &last)]).await.expect("re-attach");
+    assert_eq!(back.first, json!({"session": id, "reattached": true}));
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(String::from_utf8(back.next_push().await.1).unwrap());
+    }
+    let rooms: Vec<&str> = got.iter().filter(|b| b.starts_with('b')).map(String::as_str).collect();
+    let users: Vec<&str> = got.iter().filter(|b| b.starts_with('u')).map(String::as_str).collect();
+    assert_eq!(rooms, ["b0", "b1", "b2", "b3", "b4"], "{got:?}");
+    assert_eq!(users, ["u0", "u1", "u2", "u3", "u4"], "{got:?}");
+    // By hand: ?session= with the Last-Event-ID of the middle of that; the new stream replaces the
+    // old one, which ends.
+    let mid = back.last_id.clone().expect("id");
+    p.publish("room.live.re", b"c0").await;
+    assert_eq!(back.next_push().await, (1000, b"c0".to_vec()));
+    let mut third = Sse::open_path(http, &format!("/sse?session={id}&last_event_id={}", urlencode(&mid)), &[]).await.expect("by session");
+    assert_eq!(third.next_push().await, (1000, b"c0".to_vec()), "from the event after the id on");
+    let rest = back.until_end(WAIT).await;
+    assert!(rest.iter().all(|e| e.name != "push"), "the replaced stream got more: {rest:?}");
+    // The same session throughout: still one member in the room.
+    let (status, v) = post_op(http, &id, 2, b"").await;
+    assert_eq!((status, b64(&v["body"])), (200, 1i32.to_be_bytes().to_vec()), "{v}");
+}
+
+/// Streams as goim-history provisions them (the real service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_resumes_from_history_once_the_session_is_gone() {
+    use goim_nats_tests::history::{History, HistoryOpts, JsPub};
+    let nats = NatsServer::start().await;
+    let _history = History::start(&nats, HistoryOpts::new()).await;
+    let edge = Edge::start(&nats, http_edge()).await;
+    let http = edge.http_addr();
+    let auth = Auth::new(9).room("live://hist").accepts(&[1000]);
+    let path = format!("/sse?auth={}", urlencode(&String::from_utf8_lossy(&auth.body())));
+    let mut sse = Sse::open_path(http, &path, &[]).await.expect("sse open");
+    let id = sse.session.clone();
+    let mut js = JsPub::new(&nats).await;
+    let room1 = js.seq("room.live.hist", &[], b"r-seen").await;
+    let user1 = js.seq("user.9", &[], b"u-seen").await;
+    let mut seen = vec![sse.next_push().await.1, sse.next_push().await.1];
+    seen.sort();
+    assert_eq!(seen, [b"r-seen".to_vec(), b"u-seen".to_vec()]);
+    let last = sse.last_id.clone().expect("id");
+    assert!(last.ends_with(&format!(":{room1}:{user1}:")), "the id carries the positions: {last}");
+    drop(sse);
+    // Gone after the grace period (500 ms); meanwhile 20 stored messages.
+    until_unknown(http, &id).await;
+    for i in 0..10 {
+        js.seq("room.live.hist", &[], format!("r{i}").as_bytes()).await;
+        js.seq("user.9", &[], format!("u{i}").as_bytes()).await;
+    }
+    let mut back = Sse::open_path(http, &path, &[("Last-Event-ID", &last)]).await.expect("resume");
+    assert_ne!(back.session, id);
+    assert_eq!(back.first["previous"], json!({"ok": false, "reason": "gone"}), "{}", back.first);
+    let mut got = Vec::new();
+    let answer = loop {
+        let e = back.next_event().await;
+        match e.name.as_str() {
+            "push" => got.push(String::from_utf8(e.body()).unwrap()),
+            "reply" if e.op() == 20 => break serde_json::from_slice::<Value>(&e.body()).expect("op 20 JSON"),
+            _ => panic!("unexpected {e:?}"),
+        }
+    };
+    assert_eq!(answer["room"], json!({"ok": true, "replayed": 10}), "{answer}");
+    assert_eq!(answer["user"], json!({"ok": true, "replayed": 10}), "{answer}");
+    let rooms: Vec<String> = got.iter().filter(|b| b.starts_with('r')).cloned().collect();
+    let users: Vec<String> = got.iter().filter(|b| b.starts_with('u')).cloned().collect();
+    assert_eq!(rooms, (0..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert_eq!(users, (0..10).map(|i| format!("u{i}")).collect::<Vec<_>>());
+    // Live after the replay; and an explicit `resume` in the auth body works over SSE too.
+    js.seq("room.live.hist", &[], b"live").await;
+    assert_eq!(back.next_push().await.1, b"live".to_vec());
+    let explicit = json!({"mid": 9, "room_id": "live://hist", "accepts": [1000], "resume": {"room": room1}}).to_string();
+    let mut again = Sse::open(http, explicit.as_bytes()).await.expect("explicit resume");
+    let mut n = 0;
+    loop {
+        let e = again.next_event().await;
+        if e.name == "reply" && e.op() == 20 {
+            let a: Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(a["room"], json!({"ok": true, "replayed": 11}), "{a}");
+            break;
+        }
+        n += 1;
+    }
+    assert_eq!(n, 11);
+}
+
+/// A replay ten times the write bound reaches a reading client whole (paced by it, as over TCP),
+/// over SSE and over long-polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_larger_than_the_bound_is_paced_not_cut_off() {
+    use goim_nats_tests::history::{History, HistoryOpts, JsPub};
+    let nats = NatsServer::start().await;
+    let _history = History::start(&nats, HistoryOpts::new()).await;
+    let edge = Edge::start(&nats, http_edge().max_outbound_bytes(8192)).await;
+    let http = edge.http_addr();
+    let mut js = JsPub::new(&nats).await;
+    let from = js.seq("room.live.big", &[], b"seen").await;
+    let want: Vec<String> = (0..200).map(|i| format!("{i:04}{}", "x".repeat(400))).collect();
+    for body in &want {
+        js.seq("room.live.big", &[], body.as_bytes()).await;
+    }
+    let auth = json!({"mid": 11, "room_id": "live://big", "resume": {"room": from}}).to_string();
+
+    let mut sse = Sse::open(http, auth.as_bytes()).await.expect("sse open");
+    let mut got = Vec::new();
+    let answer = loop {
+        let e = sse.next_event().await;
+        match (e.name.as_str(), e.op()) {
+            ("push", _) => got.push(String::from_utf8(e.body()).unwrap()),
+            ("reply", 20) => break serde_json::from_slice::<Value>(&e.body()).unwrap(),
+            _ => panic!("unexpected {e:?}"),
+        }
+    };
+    assert_eq!(answer["room"], json!({"ok": true, "replayed": 200}), "{answer}");
+    assert!(got == want, "SSE: {} of 200 replayed, in order?", got.len());
+
+    let mut poller = Poller::open(http, auth.as_bytes()).await.expect("poll open");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let answer = 'outer: loop {
+        assert!(Instant::now() < deadline, "{} replayed, no op 20", got.len());
+        for (op, _, body) in poller.poll(1000).await {
+            if op == 20 {
+                break 'outer serde_json::from_slice::<Value>(&body).unwrap();
+            }
+            got.push(String::from_utf8(body).unwrap());
+        }
+    };
+    assert_eq!(answer["room"], json!({"ok": true, "replayed": 200}), "{answer}");
+    assert!(got == want, "long-poll: {} of 200 replayed, in order?", got.len());
+    let stats = edge.stats(&nats).await;
+    assert_eq!(stats["closed"]["slow_consumer"], 0, "{stats}");
+}
+
+/// SIGTERM: an SSE client is told `shutdown` (its close event) before the edge exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_tells_sse_clients() {
+    let nats = NatsServer::start().await;
+    let mut edge = Edge::start(&nats, http_edge().with("edge", "drain_ms", "200")).await;
+    let mut sse = Sse::open(edge.http_addr(), &Auth::new(1).room("live://down").body()).await.expect("sse open");
+    // terminate() blocks (it waits for the exit): off the runtime's workers, while the stream is read.
+    let exited = tokio::task::spawn_blocking(move || {
+        let st = edge.terminate();
+        (edge, st)
+    });
+    let events = sse.until_end(WAIT).await;
+    let close = events.iter().find(|e| e.name == "close").unwrap_or_else(|| panic!("no close event: {events:?}"));
+    assert_eq!(close.data["reason"], "shutdown", "{close:?}");
+    let (_edge, st) = exited.await.expect("terminate");
+    assert!(st.is_some_and(|s| s.success()), "the edge exits cleanly: {st:?}");
 }
 
 #[test]
