@@ -37,6 +37,7 @@ cat <<MSG
     Browser demo page      -> http://127.0.0.1:3111/demo/   (dev only; try room live://1000, then Send /time)
     goim TCP clients       -> 127.0.0.1:3101
     goim WebSocket clients -> ws://127.0.0.1:3102/sub
+    SSE / long-poll        -> http://127.0.0.1:3104/sse, /poll   (edge metrics: http://127.0.0.1:3104/metrics, /healthz)
     authsvc HTTP           -> http://127.0.0.1:3111   (API key: dev-api-key)
     NATS                   -> nats://127.0.0.1:4222   (monitoring http://127.0.0.1:8222, nats.ws ws://127.0.0.1:8080)
 
