@@ -11,6 +11,7 @@
 mod hist;
 mod procs;
 mod proto;
+mod rawws;
 mod scenarios;
 mod sys;
 mod worker;
@@ -74,7 +75,9 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
-        /// Phases, in order: tcp (goim over TCP), ws (goim over WebSocket), peer (NATS over WebSocket).
+        /// Phases, in order: tcp (goim over TCP), ws (goim over WebSocket), peer (NATS over WebSocket);
+        /// also ws-raw and ws-deflate: goim over WebSocket with a raw client that counts wire bytes,
+        /// without and with permessage-deflate.
         #[arg(long, default_value = "tcp,ws,peer")]
         phases: String,
         /// Longest wait for the last deliveries after the last publish.
@@ -84,6 +87,10 @@ enum Cmd {
         /// what a coalescing window of N/rate seconds would give each connection's writer.
         #[arg(long, default_value_t = 1)]
         burst: u64,
+        /// Push body: 0 = `{"test":1}` plus the publish time; N = a chat-like JSON message of about
+        /// N bytes (phases ws-raw / ws-deflate compare permessage-deflate off and on).
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
     },
     /// S2 publish→client latency: 10k connections in one room, 20 pushes/s = 200k deliveries/s.
     S2 {
@@ -188,8 +195,8 @@ async fn coordinate(cli: Cli, nofile: u64) -> ExitCode {
     eprintln!("goim-bench: machine {machine}, open files {nofile}, scratch {}", env.dir.display());
     let runs: Vec<(&str, Scenario)> = match cli.cmd {
         Cmd::Smoke => smoke(),
-        Cmd::S1 { conns, edges, rate, secs, phases, drain_secs, burst } => {
-            vec![("S1", Scenario::S1(scenarios::S1 { conns, burst, edges, rate, secs, phases: list(&phases), drain_secs }))]
+        Cmd::S1 { conns, edges, rate, secs, phases, drain_secs, burst, body_bytes } => {
+            vec![("S1", Scenario::S1(scenarios::S1 { conns, body_bytes, burst, edges, rate, secs, phases: list(&phases), drain_secs }))]
         }
         Cmd::S2 { conns, rate, secs, transport, edges } => vec![("S2", Scenario::S2(scenarios::S2 { conns, rate, secs, transport, edges }))],
         Cmd::S3 { conns, transports, room_size, anonymous } => {
@@ -267,7 +274,7 @@ enum Scenario {
 /// `make bench`: every scenario small enough to finish in a couple of minutes on the 2-core VM.
 fn smoke() -> Vec<(&'static str, Scenario)> {
     vec![
-        ("S1", Scenario::S1(scenarios::S1 { conns: 1000, burst: 1, edges: 1, rate: 40.0, secs: 3.0, phases: list("tcp,ws,peer"), drain_secs: 5.0 })),
+        ("S1", Scenario::S1(scenarios::S1 { conns: 1000, body_bytes: 0, burst: 1, edges: 1, rate: 40.0, secs: 3.0, phases: list("tcp,ws,peer"), drain_secs: 5.0 })),
         ("S2", Scenario::S2(scenarios::S2 { conns: 1000, rate: 20.0, secs: 3.0, transport: "tcp".into(), edges: 1 })),
         ("S3", Scenario::S3(scenarios::S3 { conns: 2000, mids: true, transports: list("tcp,ws"), room_size: 100 })),
         ("S4", Scenario::S4(scenarios::S4 { conns: 1000, heartbeat_secs: 2.0, window_secs: 5.0, baseline_secs: 2.0, transport: "tcp".into() })),
@@ -303,7 +310,7 @@ fn f(v: &Value) -> String {
 
 fn fanout_line(label: &str, p: &Value) -> String {
     format!(
-        "  {label:6} conns {} ({}/s) | delivered {}/{} at {}/s | edge cpu {} s = {} per edge cpu-s ({} ns) | nats cpu {} s ({} ns/msg) | loadgen cpu {} s | others {} s | latency p50 {} p99 {} p99.9 {} ms | dropped {}",
+        "  {label:6} conns {} ({}/s) | delivered {}/{} at {}/s | edge cpu {} s = {} per edge cpu-s ({} ns) | nats cpu {} s ({} ns/msg) | loadgen cpu {} s | others {} s | latency p50 {} p99 {} p99.9 {} ms | bytes/delivery packet {} wire {} | dropped {}",
         f(&p["connect"]["ok"]),
         f(&p["connect"]["connects_per_s"]),
         f(&p["delivered"]),
@@ -319,6 +326,8 @@ fn fanout_line(label: &str, p: &Value) -> String {
         f(&p["latency"]["p50_ms"]),
         f(&p["latency"]["p99_ms"]),
         f(&p["latency"]["p999_ms"]),
+        f(&p["packet_bytes_per_delivery"]),
+        f(&p["wire_bytes_per_delivery"]),
         f(&p["dropped_connections"]),
     )
 }
@@ -333,6 +342,9 @@ fn print_summary(name: &str, v: &Value) {
                 }
             }
             println!("  ratios {}", v["ratios"]);
+            if v["deflate"].as_object().is_some_and(|d| !d.is_empty()) {
+                println!("  permessage-deflate {}", v["deflate"]);
+            }
             if let Some(phases) = v["phases"].as_object() {
                 for (k, p) in phases {
                     if let Some(b) = p["profile"]["by_binary"].as_array() {

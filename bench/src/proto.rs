@@ -76,6 +76,36 @@ pub fn push_body(ts_ns: u64) -> Vec<u8> {
     format!("{{\"test\":1,\"ts\":{ts_ns}}}").into_bytes()
 }
 
+/// A push body of about `size` bytes: 0 = [`push_body`]; else a chat-like JSON message (sender,
+/// room, a text of common words picked pseudo-randomly from `ts_ns`, the publish time) — what a chat
+/// app pushes, compressible as such text is, not as a repeated string would be.
+pub fn push_body_sized(ts_ns: u64, size: usize) -> Vec<u8> {
+    const WORDS: [&str; 48] = [
+        "the", "meeting", "is", "at", "three", "today", "please", "bring", "your", "notes", "and", "we", "will",
+        "review", "last", "week", "numbers", "before", "lunch", "thanks", "everyone", "for", "joining", "great",
+        "stream", "tonight", "who", "wants", "to", "play", "again", "tomorrow", "I", "think", "so", "yes", "no",
+        "maybe", "later", "link", "here", "check", "out", "this", "new", "song", "haha", "ok",
+    ];
+    if size == 0 {
+        return push_body(ts_ns);
+    }
+    let mut x = ts_ns | 1;
+    let mut text = String::new();
+    let head = format!("{{\"type\":\"chat\",\"room\":\"test://0\",\"from\":{{\"mid\":{},\"name\":\"user-{}\"}},\"text\":\"", 1_000_000 + x % 15_000, x % 15_000);
+    let tail = format!("\",\"ts\":{ts_ns}}}");
+    while head.len() + text.len() + tail.len() < size {
+        // xorshift64: a different sentence per message.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+    }
+    format!("{head}{text}{tail}").into_bytes()
+}
+
 /// The `"ts":` value of a push body, if present.
 pub fn body_ts(body: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"ts\":";

@@ -63,6 +63,7 @@ fn base_spec(kind: Kind, targets: Vec<std::net::SocketAddr>, first: u64, count: 
         resume_room: None,
         concurrency: 256,
         timeout_ms: 30_000,
+        ws_deflate: None,
     }
 }
 
@@ -176,7 +177,7 @@ async fn edge_stats(client: &async_nats::Client, id: &str) -> Value {
 /// Publish `pushes` messages to each of `subjects` at `rate` per second (per subject), with the
 /// publish time in the body, in bursts of `burst` back-to-back messages (1 = evenly spaced); returns
 /// the time of the first publish.
-async fn publish_paced(client: &async_nats::Client, subjects: &[String], rate: f64, pushes: u64, burst: u64) -> Result<Instant> {
+async fn publish_paced(client: &async_nats::Client, subjects: &[String], rate: f64, pushes: u64, burst: u64, body_bytes: usize) -> Result<Instant> {
     let t0 = Instant::now();
     let burst = burst.max(1);
     let period = Duration::from_secs_f64(burst as f64 / rate.max(0.001));
@@ -188,7 +189,7 @@ async fn publish_paced(client: &async_nats::Client, subjects: &[String], rate: f
         for _ in 0..burst.min(pushes - sent) {
             for s in subjects {
                 client
-                    .publish(s.clone(), proto::push_body(proto::now_ns()).into())
+                    .publish(s.clone(), proto::push_body_sized(proto::now_ns(), body_bytes).into())
                     .await
                     .map_err(|e| format!("publish: {e}"))?;
             }
@@ -209,6 +210,7 @@ async fn measure_fanout(
     subjects: &[String],
     rate: f64,
     burst: u64,
+    body_bytes: usize,
     pushes: u64,
     expected: u64,
     drain: Duration,
@@ -225,7 +227,7 @@ async fn measure_fanout(
         None
     };
     let a = snap(edge_pids, nats_pid, &workers);
-    publish_paced(client, subjects, rate, pushes, burst).await?;
+    publish_paced(client, subjects, rate, pushes, burst, body_bytes).await?;
     let published = Instant::now();
     let deadline = published + drain;
     let mut last = 0;
@@ -247,9 +249,12 @@ async fn measure_fanout(
     let mut delivered = 0;
     let mut dropped = 0;
     let mut heartbeat_replies = 0;
+    let (mut app_bytes, mut wire_bytes) = (0u64, 0u64);
     let mut errors = serde_json::Map::new();
     for m in &measured {
         delivered += m["deliveries"].as_u64().unwrap_or(0);
+        app_bytes += m["bytes"].as_u64().unwrap_or(0);
+        wire_bytes += m["wire_bytes"].as_u64().unwrap_or(0);
         dropped += m["dropped"].as_u64().unwrap_or(0);
         heartbeat_replies += m["heartbeat_replies"].as_u64().unwrap_or(0);
         if let Ok(s) = serde_json::from_value::<Sparse>(m["hist"].clone()) {
@@ -290,6 +295,10 @@ async fn measure_fanout(
         "edge_ns_per_delivery": if delivered > 0 { round(edge_cpu * 1e9 / delivered as f64, 1) } else { 0.0 },
         "nats_ns_per_delivery": if delivered > 0 { round(nats_cpu * 1e9 / delivered as f64, 1) } else { 0.0 },
         "latency": latency(&hist),
+        // Per delivery: the goim packet (header + body), and what the raw WebSocket client read off
+        // the socket (frames, op-9 wrappers, compressed or not; 0 for other clients).
+        "packet_bytes_per_delivery": if delivered > 0 { round(app_bytes as f64 / delivered as f64, 1) } else { 0.0 },
+        "wire_bytes_per_delivery": if delivered > 0 { round(wire_bytes as f64 / delivered as f64, 1) } else { 0.0 },
         "dropped_connections": dropped,
         "heartbeat_replies": heartbeat_replies,
         "client_errors": errors,
@@ -310,6 +319,9 @@ fn verdict(met: bool) -> &'static str {
 
 pub struct S1 {
     pub conns: u64,
+    /// Push body size: 0 = goim's `{"test":1}` (+ ts), else a chat-like JSON message of about this
+    /// many bytes ([`proto::push_body_sized`]).
+    pub body_bytes: usize,
     /// Publish in bursts of this many back-to-back messages (same average rate): emulates what a
     /// coalescing window of burst/rate seconds would hand each connection's writer.
     pub burst: u64,
@@ -332,18 +344,24 @@ pub async fn s1(env: &Env, a: &S1) -> Result<Value> {
     for phase in &a.phases {
         let (kind, targets): (Kind, Vec<_>) = match phase.as_str() {
             "tcp" => (Kind::GoimTcp, edges.iter().map(|e| e.tcp).collect()),
-            "ws" => (Kind::GoimWs, edges.iter().map(|e| e.ws).collect()),
+            "ws" | "ws-raw" | "ws-deflate" => (Kind::GoimWs, edges.iter().map(|e| e.ws).collect()),
             "peer" => (
                 Kind::NatsWs,
                 vec![std::net::SocketAddr::from(([127, 0, 0, 1], nats.ws_port.ok_or("no NATS websocket port")?))],
             ),
-            other => return Err(format!("unknown S1 phase {other:?} (tcp, ws, peer)")),
+            other => return Err(format!("unknown S1 phase {other:?} (tcp, ws, ws-raw, ws-deflate, peer)")),
         };
         let specs = specs(a.conns, workers_for(a.conns, 2), |_, first, count| {
             let mut s = base_spec(kind, targets.clone(), first, count);
             if kind == Kind::NatsWs {
                 s.ws_path = "/".into();
             }
+            // The raw client, counting wire bytes, without and with permessage-deflate.
+            s.ws_deflate = match phase.as_str() {
+                "ws-raw" => Some(false),
+                "ws-deflate" => Some(true),
+                _ => None,
+            };
             s
         });
         let mut pool = Pool::start(specs).await?;
@@ -360,6 +378,7 @@ pub async fn s1(env: &Env, a: &S1) -> Result<Value> {
             std::slice::from_ref(&subject),
             a.rate,
             a.burst,
+            a.body_bytes,
             pushes,
             pushes * ok,
             Duration::from_secs_f64(a.drain_secs),
@@ -389,6 +408,17 @@ pub async fn s1(env: &Env, a: &S1) -> Result<Value> {
     }
     // The peer comparison: the edge's CPU per delivery against nats-server's on its WebSocket listener.
     let mut ratios = serde_json::Map::new();
+    // permessage-deflate against the same raw client without it, same run.
+    let mut deflate = serde_json::Map::new();
+    if let (Some(z), Some(plain)) = (phases.get("ws-deflate"), phases.get("ws-raw")) {
+        let r = |k: &str| {
+            let (a, b) = (z[k].as_f64().unwrap_or(0.0), plain[k].as_f64().unwrap_or(0.0));
+            if b > 0.0 { json!(round(a / b, 3)) } else { Value::Null }
+        };
+        deflate.insert("deflate_vs_plain_edge_cpu_per_delivery".into(), r("edge_ns_per_delivery"));
+        deflate.insert("deflate_vs_plain_wire_bytes_per_delivery".into(), r("wire_bytes_per_delivery"));
+        deflate.insert("compress_ns_per_message".into(), json!(compress_cost(a.body_bytes)));
+    }
     if let Some(peer) = phases.get("peer") {
         let peer_ns = peer["nats_ns_per_delivery"].as_f64().unwrap_or(0.0);
         for t in ["tcp", "ws"] {
@@ -412,14 +442,35 @@ pub async fn s1(env: &Env, a: &S1) -> Result<Value> {
     nats.stop().await;
     Ok(json!({
         "scenario": "S1",
-        "params": {"conns": a.conns, "edges": a.edges, "rate_per_s": a.rate, "burst": a.burst, "secs": a.secs, "body": "{\"test\":1,\"ts\":<ns>}"},
+        "params": {"conns": a.conns, "edges": a.edges, "rate_per_s": a.rate, "burst": a.burst, "secs": a.secs,
+            "body": if a.body_bytes == 0 { "{\"test\":1,\"ts\":<ns>}".to_string() } else { format!("chat JSON of ~{} bytes", a.body_bytes) }},
         "phases": phases,
         "ratios": ratios,
+        "deflate": deflate,
         "targets": {
             "deliveries_per_edge_cpu_s >= 3M": verdict(best >= 3e6),
             "edge cpu per delivery <= 0.5x nats-server ws": verdict(ratio_ok),
         },
     }))
+}
+
+/// What compressing one push costs with the edge's settings (flate2/zlib-rs, default level, raw
+/// DEFLATE, reset per message, sync flush), in ns, over 2,000 bodies of `body_bytes`: the edge pays it
+/// once per push item for all its deflate connections; per connection it would pay it per delivery.
+fn compress_cost(body_bytes: usize) -> f64 {
+    use flate2::{Compress, Compression, FlushCompress};
+    let bodies: Vec<Vec<u8>> = (0..2000u64).map(|i| proto::push_body_sized(1_700_000_000_000_000_000 + i * 7919, body_bytes)).collect();
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(64 << 10);
+    let t = std::time::Instant::now();
+    for b in &bodies {
+        c.reset();
+        out.clear();
+        if c.compress_vec(b, &mut out, FlushCompress::Sync).is_err() {
+            return f64::NAN;
+        }
+    }
+    round(t.elapsed().as_nanos() as f64 / bodies.len() as f64, 0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,7 +499,7 @@ pub async fn s2(env: &Env, a: &S2) -> Result<Value> {
     sleep(Duration::from_secs(1)).await;
     let ok = c["ok"].as_u64().unwrap_or(0);
     let pushes = (a.rate * a.secs).round().max(1.0) as u64;
-    let mut m = measure_fanout(env, &mut pool, &client, &["room.test.0".into()], a.rate, 1, pushes, pushes * ok, Duration::from_secs(10), &edge_pids, nats.pid).await?;
+    let mut m = measure_fanout(env, &mut pool, &client, &["room.test.0".into()], a.rate, 1, 0, pushes, pushes * ok, Duration::from_secs(10), &edge_pids, nats.pid).await?;
     m["connect"] = c;
     let stats = edge_stats(&client, &edges[0].id).await;
     m["edge_closed"] = stats["closed"].clone();
@@ -758,7 +809,7 @@ pub async fn s6(env: &Env, a: &S6) -> Result<Value> {
     let rss1 = sys::rss_sum(&edge_pids);
     // Every connection still served: one push per room reaches every connection.
     let subjects: Vec<String> = (0..rooms).map(|r| format!("room.test.{r}")).collect();
-    let m = measure_fanout(env, &mut pool, &client, &subjects, 1.0, 1, 1, ok, Duration::from_secs(30), &edge_pids, nats.pid).await?;
+    let m = measure_fanout(env, &mut pool, &client, &subjects, 1.0, 1, 0, 1, ok, Duration::from_secs(30), &edge_pids, nats.pid).await?;
     pool.close().await;
     let all_alive = edges.iter_mut().all(|e| e.alive());
     for e in edges {

@@ -10,7 +10,7 @@
 //! | `{"cmd":"connect"}` | `{"ev":"connected", ok, failed, errors, t_first_ok, t_last_ok, resume...}` |
 //! | `{"cmd":"start"}` | `{"ev":"started"}`: deliveries and latencies are counted from now |
 //! | `{"cmd":"count"}` | `{"ev":"count", deliveries}` |
-//! | `{"cmd":"stop"}` | `{"ev":"measured", deliveries, bytes, hist, heartbeat_replies, dropped, errors}` |
+//! | `{"cmd":"stop"}` | `{"ev":"measured", deliveries, bytes, wire_bytes, hist, heartbeat_replies, dropped, errors}` |
 //! | `{"cmd":"close"}` | `{"ev":"closed"}`, then the process exits |
 //!
 //! Every loop is bounded: each connection has one attempt with a deadline for connect + auth (+ resume),
@@ -37,6 +37,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hist::Hist;
 use crate::proto::{self, NatsIn};
+use crate::rawws::RawWs;
 use crate::sys;
 
 /// What kind of client connections a worker opens.
@@ -87,6 +88,10 @@ pub struct Spec {
     pub concurrency: usize,
     /// Deadline of one connection's connect + auth (+ resume).
     pub timeout_ms: u64,
+    /// goim over WebSocket with the raw client ([`crate::rawws`]: wire bytes counted), offering
+    /// permessage-deflate if true; None = tungstenite.
+    #[serde(default)]
+    pub ws_deflate: Option<bool>,
 }
 
 /// Counters shared by a worker's connection tasks.
@@ -95,6 +100,8 @@ struct Shared {
     measuring: AtomicBool,
     deliveries: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes read off the sockets (raw WebSocket client only).
+    wire_bytes: AtomicU64,
     heartbeat_replies: AtomicU64,
     dropped: AtomicU64,
     hist: Mutex<Hist>,
@@ -174,6 +181,7 @@ async fn serve() -> Result<(), String> {
             "start" => {
                 shared.deliveries.store(0, Ordering::Relaxed);
                 shared.bytes.store(0, Ordering::Relaxed);
+                shared.wire_bytes.store(0, Ordering::Relaxed);
                 shared.heartbeat_replies.store(0, Ordering::Relaxed);
                 shared.hist.lock().unwrap().clear();
                 shared.measuring.store(true, Ordering::Release);
@@ -188,6 +196,7 @@ async fn serve() -> Result<(), String> {
                     "ev": "measured",
                     "deliveries": shared.deliveries.load(Ordering::Relaxed),
                     "bytes": shared.bytes.load(Ordering::Relaxed),
+                    "wire_bytes": shared.wire_bytes.load(Ordering::Relaxed),
                     "heartbeat_replies": shared.heartbeat_replies.load(Ordering::Relaxed),
                     "dropped": shared.dropped.load(Ordering::Relaxed),
                     "errors": *shared.errors.lock().unwrap(),
@@ -370,6 +379,7 @@ struct Conn {
 enum Link {
     Tcp(TcpStream),
     Ws(Box<WebSocketStream<TcpStream>>),
+    Raw(Box<RawWs>),
 }
 
 impl Link {
@@ -401,6 +411,7 @@ impl Link {
                     Some(Ok(_)) => continue,
                 }
             },
+            Link::Raw(ws) => ws.read(buf).await,
         }
     }
 
@@ -408,6 +419,7 @@ impl Link {
         match self {
             Link::Tcp(s) => s.write_all(&data).await.map_err(|e| format!("write: {e}")),
             Link::Ws(ws) => ws.send(Message::Binary(data.into())).await.map_err(|e| format!("ws write: {e}")),
+            Link::Raw(ws) => ws.send(&data).await,
         }
     }
 }
@@ -436,6 +448,10 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         match self.spec.kind {
             Kind::GoimTcp => Ok(Link::Tcp(stream)),
+            Kind::GoimWs if self.spec.ws_deflate.is_some() => {
+                let deflate = self.spec.ws_deflate == Some(true);
+                Ok(Link::Raw(Box::new(RawWs::connect(stream, &self.target.to_string(), &self.spec.ws_path, deflate).await?)))
+            }
             Kind::GoimWs | Kind::NatsWs => {
                 let url = format!("ws://{}{}", self.target, self.spec.ws_path);
                 // Small buffers: tungstenite's defaults cost ~135 KB per connection.
@@ -545,6 +561,9 @@ impl Conn {
         let hb = self.spec.heartbeat_ms;
         let mut next_hb = Instant::now() + Duration::from_millis(self.hb_offset);
         let hb_packet = proto::packet(1, proto::OP_HEARTBEAT, 0, b"");
+        if let Link::Raw(ws) = &mut link {
+            ws.take_wire_bytes();
+        }
         loop {
             if *stop.borrow() {
                 break;
@@ -552,6 +571,12 @@ impl Conn {
             tokio::select! {
                 r = link.read(&mut buf) => match r {
                     Ok(true) => {
+                        if let Link::Raw(ws) = &mut link {
+                            let n = ws.take_wire_bytes();
+                            if self.shared.measuring.load(Ordering::Acquire) {
+                                self.shared.wire_bytes.fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
                         if let Err(e) = self.consume(&mut buf, &mut st, true) {
                             self.dropped(e);
                             break;

@@ -72,6 +72,19 @@ async fn the_demo_page_shows_pushes_sent_messages_the_online_count_and_history()
     assert_eq!((status, body.as_str()), (200, r#"{"code":0,"message":""}"#));
     page.wait_text("#messages", SHOW, |t| t.contains("op 1001 #4 hello from http")).await;
 
+    // Chromium offers permessage-deflate and the edge agrees; a push long enough to be compressed
+    // shows like any other (the browser inflates it).
+    let extensions = page
+        .eval(&format!(
+            "new Promise((ok, fail) => {{ const w = new WebSocket('ws://{}/sub'); w.onopen = () => {{ ok(w.extensions); w.close(); }}; w.onerror = () => fail('WebSocket error'); }})",
+            edge.ws_addr()
+        ))
+        .await;
+    assert_eq!(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    let long = "a chat line long enough to be sent compressed,".repeat(4);
+    nats.hpublish("room.demo.1", &[("Goim-Op", "1000")], long.as_bytes()).await;
+    page.wait_text("#messages", SHOW, |t| t.contains(&long)).await;
+
     // Send (op 4 → ingress.room.demo.1): the chatbot answers into the room, so the page shows it.
     page.type_into("#text", "hi bot").await;
     page.click("#send").await;

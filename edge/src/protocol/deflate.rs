@@ -11,13 +11,15 @@
 //!   connection; `crate::outbox::Push` holds the shared form);
 //! * every message a client sends can be inflated on its own, so no connection keeps an LZ77 window
 //!   (32 KB) or a compressor/decompressor between messages: an idle connection costs what it cost
-//!   before (one flag). The (de)compressor state lives in one thread-local per worker thread.
+//!   before (one flag). The (de)compressor state lives in one thread-local per worker thread, reset
+//!   before each message (flate2 with the zlib-rs backend, pure Rust: the reset is most of the cost
+//!   of compressing a short message, and zlib-rs's is about half miniz_oxide's; compression level 6,
+//!   zlib's default, since the cost is shared by every recipient of a push and the bytes are not).
 //!
 //! What is declined (the offer is skipped; the next one, or no compression, is used — falling back to
 //! no compression is always legal): any offer with an unknown or duplicated parameter or an invalid
-//! value (§7.1: such an offer must be declined), and `server_max_window_bits` below 15, because the
-//! compressor (flate2's pure-Rust miniz_oxide backend) always uses a 32 KB window and could not honour
-//! it. `client_max_window_bits` needs no answer: the edge inflates with a 32 KB window, which decodes
+//! value (§7.1: such an offer must be declined), and `server_max_window_bits` below 15: honouring it
+//! would need a compressed form per window size, and no browser asks for it. `client_max_window_bits` needs no answer: the edge inflates with a 32 KB window, which decodes
 //! any smaller window too, and the response never names it (§7.1.2.2 forbids naming it when the client
 //! did not offer it, and it is optional otherwise).
 
