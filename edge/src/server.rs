@@ -366,7 +366,12 @@ async fn upgrade_ws(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
 async fn ws_upgrade(ctx: &EdgeContext, stream: &impl Socket, peer: SocketAddr, deadline: Instant, transport: Transport) -> Option<(BytesMut, bool)> {
     let upgrade = ws::upgrade(stream, &ctx.config.listen.ws_path, ctx.config.listen.ws_permessage_deflate);
     let reason = match tokio::time::timeout_at(deadline, upgrade).await {
-        Ok(Ok(upgraded)) => return Some(upgraded),
+        Ok(Ok(upgraded)) => {
+            if upgraded.1 {
+                ctx.stats.ws_deflate.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(upgraded);
+        }
         Err(_) => CloseReason::HandshakeTimeout,
         // The client went away mid-request: not a protocol error.
         Ok(Err(ws::UpgradeError::Closed | ws::UpgradeError::Io(_))) => CloseReason::ClientGone,

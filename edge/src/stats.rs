@@ -198,6 +198,8 @@ pub struct Stats {
     pub nats_subscriptions: AtomicI64,
     /// Bytes written to client sockets (framing included).
     pub bytes_written: AtomicU64,
+    /// WebSocket connections (plain or over TLS) that agreed to permessage-deflate.
+    pub ws_deflate: AtomicU64,
     /// From a push's arrival at the edge (its NATS message read off the connection) to the end of the
     /// socket write that carried it to a client: sampled once per write, for the oldest push in it.
     pub push_latency: Histogram,
@@ -321,6 +323,7 @@ impl Stats {
             rooms: self.rooms.load(Ordering::Relaxed).max(0) as u64,
             nats_subscriptions: self.nats_subscriptions.load(Ordering::Relaxed).max(0) as u64,
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            ws_deflate: self.ws_deflate.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             bad_push_op: self.bad_push_op.load(Ordering::Relaxed),
@@ -365,6 +368,8 @@ pub struct Snapshot {
     /// NATS subscriptions for client subjects (see [`Stats::nats_subscriptions`]).
     pub nats_subscriptions: u64,
     pub bytes_written: u64,
+    /// WebSocket connections that agreed to permessage-deflate.
+    pub ws_deflate: u64,
     pub delivered: u64,
     pub writes: u64,
     pub bad_push_op: u64,
@@ -418,6 +423,7 @@ impl Snapshot {
             &one(self.nats_subscriptions),
         );
         metric("bytes_written_total", "counter", "Bytes written to client sockets, framing included.", &one(self.bytes_written));
+        metric("ws_deflate_total", "counter", "WebSocket connections that agreed to permessage-deflate.", &one(self.ws_deflate));
         metric("deliveries_total", "counter", "Pushes queued for clients.", &one(self.delivered));
         metric("writes_total", "counter", "Socket writes of queued batches.", &one(self.writes));
         metric("bad_push_op_total", "counter", "Pushes refused for a Goim-Op that is not an int32.", &one(self.bad_push_op));

@@ -291,6 +291,10 @@ async fn without_an_offer_or_with_the_switch_off_nothing_is_negotiated_or_compre
     let how = c.closed().await;
     eprintln!("switched-off edge closed a compressed message's connection: {how}");
     stats_until(&nats, &off, "protocol error counted", |s| s["closed"]["protocol_error"].as_u64() >= Some(1)).await;
+    // Nothing was agreed on either edge: the ws_deflate counter stays at zero.
+    for edge in [&on, &off] {
+        stats_until(&nats, edge, "no deflate agreed", |s| s["ws_deflate"].as_u64() == Some(0)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,4 +320,6 @@ async fn an_inflate_bomb_closes_the_connection_and_nothing_else() {
     next.send_packet(&Packet::new(1, OP_HEARTBEAT, 4, Vec::new()), true).await;
     let (_, reply) = next.next_packet().await;
     assert_eq!((reply.op, reply.seq), (OP_HEARTBEAT_REPLY, 4));
+    // Both agreed to the extension: counted.
+    stats_until(&nats, &edge, "two deflate connections counted", |s| s["ws_deflate"].as_u64() == Some(2)).await;
 }
