@@ -35,10 +35,10 @@ pub fn config_path(name: &'static str, about: &'static str, required: bool) -> O
         .cloned()
 }
 
-/// Run a service: with its loaded `config` (an `Err` exits 2), logging from `log(&config)`, a runtime
-/// of `worker_threads` threads (0 = one per CPU) and `serve(config)` until it returns. `serve` prints
-/// the ready line, waits for its shutdown and returns `Err` only when it cannot start.
-pub fn run<C, E, F, Fut>(name: &str, config: Result<C, E>, log: impl FnOnce(&C) -> &LogConfig, worker_threads: usize, serve: F) -> ExitCode
+/// Run a service: with its loaded `config` (an `Err` exits 2), `settings(&config)` = its `[log]`
+/// section and the runtime's worker threads (0 = one per CPU), then `serve(config)` until it returns.
+/// `serve` prints the ready line, waits for its shutdown and returns `Err` only when it cannot start.
+pub fn run<C, E, F, Fut>(name: &str, config: Result<C, E>, settings: impl FnOnce(&C) -> (&LogConfig, usize), serve: F) -> ExitCode
 where
     E: Display,
     F: FnOnce(C) -> Fut,
@@ -51,7 +51,8 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::init_logging(log(&config));
+    let (log, worker_threads) = settings(&config);
+    crate::init_logging(log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if worker_threads > 0 {
         builder.worker_threads(worker_threads);

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let about = "goim-nats example chatbot: answers op-4 messages into their room";
     let path = goim_common::service::config_path("goim-chatbot", about, true);
     let config = Config::load(&path.unwrap_or_default());
-    goim_common::service::run("goim-chatbot", config, |c| &c.log, 2, |config| async move {
+    goim_common::service::run("goim-chatbot", config, |c| (&c.log, 2), |config| async move {
         let client = goim_chatbot::connect(&config.nats).await;
         let bot = Bot::subscribe(client, config.bot.clone()).await.map_err(|e| e.to_string())?;
         // One machine-readable line on stdout; the test harness and `make run` wait for it.
