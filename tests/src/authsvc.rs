@@ -64,9 +64,38 @@ impl KeyDir {
         self.minter(kid).sign(claims).expect("sign").0
     }
 
+    /// A token signed with the key `signed_with` but naming `claims_kid` in its header: a forged
+    /// signature for a key id the verifier knows.
+    pub fn forge(&self, claims_kid: &str, signed_with: &str, claims: Claims) -> String {
+        let mut forger = self.minter(signed_with);
+        forger.key.kid = claims_kid.into();
+        forger.sign(claims).expect("sign").0
+    }
+
     /// Mint a token for `grant` with `kid`.
     pub fn mint(&self, kid: &str, grant: &Grant) -> (String, Claims) {
         self.minter(kid).mint(grant).expect("mint")
+    }
+}
+
+/// Valid claims for `mid` (issuer and audience of the test keys, room `live://1`, accepts 1000),
+/// expiring `exp_in` seconds from now (negative: already expired), issued 100 s ago.
+pub fn claims_for(mid: i64, exp_in: i64) -> Claims {
+    let now = goim_token::now_secs() as i64;
+    Claims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        sub: mid.to_string(),
+        mid,
+        key: None,
+        rooms: vec!["live://1".into()],
+        room_prefixes: vec![],
+        accepts: vec![1000],
+        publish: Default::default(),
+        iat: (now - 100) as u64,
+        nbf: (now - 100) as u64,
+        exp: (now + exp_in) as u64,
+        jti: "test".into(),
     }
 }
 

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use goim_nats_tests::authsvc::{WebhookAnswer, AUDIENCE, ISSUER};
+use goim_nats_tests::authsvc::{claims_for, WebhookAnswer};
 use goim_nats_tests::goim::*;
 use goim_nats_tests::*;
-use goim_token::{now_secs, Claims, PublishRights};
+use goim_token::{now_secs, Claims};
 use serde_json::json;
 
 fn token_edge() -> EdgeOpts {
@@ -30,25 +30,6 @@ async fn expect_refused(edge: &Edge, label: &str, auth: Auth) {
     let mut c = connect(edge, label).await;
     c.send(&Packet::new(1, OP_AUTH, 1, auth.body())).await;
     c.expect_closed(Duration::from_secs(5)).await;
-}
-
-fn claims_for(mid: i64, exp_in: i64) -> Claims {
-    let now = now_secs() as i64;
-    Claims {
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sub: mid.to_string(),
-        mid,
-        key: None,
-        rooms: vec!["live://1".into()],
-        room_prefixes: vec![],
-        accepts: vec![1000],
-        publish: PublishRights::default(),
-        iat: (now - 100) as u64,
-        nbf: (now - 100) as u64,
-        exp: (now + exp_in) as u64,
-        jti: "test".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,9 +72,7 @@ async fn minted_token_scopes_are_enforced() {
     // Refused without reply: no token, forged signature, expired, other issuer, other audience,
     // a room or accepts outside the scope, another mid.
     expect_refused(&edge, "no-token", Auth::new(7).room("live://1")).await;
-    let mut forger = keys.minter("k9");
-    forger.key.kid = "k1".into();
-    let forged = forger.sign(claims_for(7, 600)).unwrap().0;
+    let forged = keys.forge("k1", "k9", claims_for(7, 600));
     expect_refused(&edge, "forged", Auth::new(7).token(&forged)).await;
     let expired = keys.sign("k1", claims_for(7, -60));
     expect_refused(&edge, "expired", Auth::new(7).token(&expired)).await;

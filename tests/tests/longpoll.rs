@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use goim_nats_tests::goim::*;
+use goim_nats_tests::authsvc::claims_for;
 use goim_nats_tests::http::*;
 use goim_nats_tests::*;
 use serde_json::json;
@@ -252,25 +253,7 @@ async fn token_mode_refuses_forged_and_out_of_scope_tokens_for_polls() {
     let http = edge.http_addr();
     let token = authsvc.token(json!({"mid": 7, "rooms": ["live://1"], "accepts": [1000]})).await;
     // Signed with another key under k1's id.
-    let mut forger = keys.minter("k9");
-    forger.key.kid = "k1".into();
-    let now = goim_token::now_secs();
-    let claims = goim_token::Claims {
-        iss: goim_nats_tests::authsvc::ISSUER.into(),
-        aud: goim_nats_tests::authsvc::AUDIENCE.into(),
-        sub: "7".into(),
-        mid: 7,
-        key: None,
-        rooms: vec!["live://1".into()],
-        room_prefixes: vec![],
-        accepts: vec![1000],
-        publish: Default::default(),
-        iat: now - 100,
-        nbf: now - 100,
-        exp: now + 600,
-        jti: "forged".into(),
-    };
-    let forged = forger.sign(claims).expect("sign").0;
+    let forged = keys.forge("k1", "k9", claims_for(7, 600));
     let refused = |r: Result<Poller, (u16, String)>| r.err().map(|e| e.0);
     assert_eq!(refused(Poller::open(http, &Auth::new(7).room("live://1").token(&forged).body()).await), Some(401));
     assert_eq!(refused(Poller::open(http, &Auth::new(7).room("live://1").body()).await), Some(401), "no token");
