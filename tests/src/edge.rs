@@ -40,6 +40,27 @@ pub fn edge_bin() -> PathBuf {
     bin
 }
 
+/// Run the edge binary with `config` when it is expected to refuse to start: its exit status and
+/// stderr. Panics (the process is killed) if it is still running after 20 s.
+pub async fn run_to_exit(config: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let child = tokio::process::Command::new(edge_bin())
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn goim-edge");
+    match tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await {
+        Ok(output) => {
+            let output = output.expect("goim-edge output");
+            (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+        Err(_) => panic!("goim-edge with {} kept running; it should have refused to start", config.display()),
+    }
+}
+
 static EDGE_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh edge id, unique within this test process and safe as a subject token.

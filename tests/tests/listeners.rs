@@ -1,12 +1,9 @@
 //! Listeners: SO_REUSEPORT lets several edge processes share one TCP and one WebSocket port, and
 //! without it a second edge on a taken port refuses to start with a clear error.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use goim_nats_tests::goim::*;
 use goim_nats_tests::*;
-use tokio::time::Instant;
 
 /// A loopback port that is free right now.
 fn free_port() -> u16 {
@@ -71,28 +68,7 @@ async fn a_taken_port_without_reuse_port_is_a_clear_start_error() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(goim_nats_tests::edge::edge_bin())
-        .arg("--config")
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn goim-edge");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("goim-edge kept running on a port that is taken");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let output = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stderr) = goim_nats_tests::edge::run_to_exit(&config).await;
     assert!(!status.success(), "must exit non-zero");
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),

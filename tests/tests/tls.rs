@@ -6,7 +6,6 @@
 //! missing or mismatched certificate is a clear start-up error.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use goim_nats_tests::goim::*;
@@ -276,31 +275,6 @@ async fn a_tls_client_that_stops_reading_is_closed_as_slow_consumer() {
     edge.assert_alive();
 }
 
-/// Run the edge binary with `config` and return (exit status, stderr); it must exit on its own.
-async fn run_to_exit(config: &Path) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(goim_nats_tests::edge::edge_bin())
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn goim-edge");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("goim-edge kept running with an unusable certificate");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let output = child.wait_with_output().expect("output");
-    (status, String::from_utf8_lossy(&output.stderr).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_certificate_is_a_clear_start_error() {
@@ -324,7 +298,7 @@ async fn an_unusable_certificate_is_a_clear_start_error() {
     let good = self_signed();
     let missing = dir.path().join("missing-cert.pem");
     write_config(&missing, &good.key);
-    let (status, stderr) = run_to_exit(&config).await;
+    let (status, stderr) = goim_nats_tests::edge::run_to_exit(&config).await;
     assert!(!status.success(), "must exit non-zero");
     assert!(stderr.contains(&format!("tls.cert_path {}", missing.display())), "stderr must name the file: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -332,7 +306,7 @@ async fn an_unusable_certificate_is_a_clear_start_error() {
     // A key that is not the certificate's.
     let other = self_signed();
     write_config(&good.cert, &other.key);
-    let (status, stderr) = run_to_exit(&config).await;
+    let (status, stderr) = goim_nats_tests::edge::run_to_exit(&config).await;
     assert!(!status.success(), "must exit non-zero");
     assert!(stderr.contains("tls.key_path") && stderr.contains("does not fit"), "stderr must say what is wrong: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
