@@ -109,6 +109,8 @@ enum Cmd {
     S3 {
         #[arg(long, default_value_t = 15_000)]
         conns: u64,
+        /// Phases, in order: tcp, ws, and over TLS (a self-signed certificate generated per run):
+        /// tls (goim over TLS-TCP), wss (goim over WebSocket over TLS).
         #[arg(long, default_value = "tcp,ws")]
         transports: String,
         #[arg(long, default_value_t = 100)]
@@ -276,7 +278,7 @@ fn smoke() -> Vec<(&'static str, Scenario)> {
     vec![
         ("S1", Scenario::S1(scenarios::S1 { conns: 1000, body_bytes: 0, burst: 1, edges: 1, rate: 40.0, secs: 3.0, phases: list("tcp,ws,peer"), drain_secs: 5.0 })),
         ("S2", Scenario::S2(scenarios::S2 { conns: 1000, rate: 20.0, secs: 3.0, transport: "tcp".into(), edges: 1 })),
-        ("S3", Scenario::S3(scenarios::S3 { conns: 2000, mids: true, transports: list("tcp,ws"), room_size: 100 })),
+        ("S3", Scenario::S3(scenarios::S3 { conns: 2000, mids: true, transports: list("tcp,ws,tls,wss"), room_size: 100 })),
         ("S4", Scenario::S4(scenarios::S4 { conns: 1000, heartbeat_secs: 2.0, window_secs: 5.0, baseline_secs: 2.0, transport: "tcp".into() })),
         ("S5", Scenario::S5(scenarios::S5 { conns: 2000, modes: list("trust-body,token"), concurrency: 128, transport: "tcp".into() })),
         ("S6", Scenario::S6(scenarios::S6 { conns: 3000, edges: 5, room_size: 500, ws_every: 2 })),

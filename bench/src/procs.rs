@@ -222,6 +222,9 @@ pub struct Edge {
     pub id: String,
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// The TLS listeners (`listen.wss`, `listen.tls`), when the config has a certificate.
+    pub wss: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
 }
 
 static EDGE_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -261,7 +264,9 @@ impl Edge {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| format!("ready line without {k}: {ready:?}"))
         };
-        Ok(Edge { child, pid, id, tcp: field("tcp=")?, ws: field("ws=")? })
+        // "-" for a listener that is off.
+        let optional = |k: &str| field(k).ok();
+        Ok(Edge { child, pid, id, tcp: field("tcp=")?, ws: field("ws=")?, wss: optional("wss="), tls: optional("tls=") })
     }
 
     pub fn alive(&mut self) -> bool {

@@ -64,6 +64,7 @@ fn base_spec(kind: Kind, targets: Vec<std::net::SocketAddr>, first: u64, count: 
         concurrency: 256,
         timeout_ms: 30_000,
         ws_deflate: None,
+        tls_ca: None,
     }
 }
 
@@ -535,15 +536,46 @@ pub struct S3 {
     pub room_size: u64,
 }
 
+/// What the TLS phases' clients are (worker.rs `tls_connector`; rcgen's default key type).
+const TLS_CLIENT: &str = "rustls 0.23 (ring) client, TLS 1.3 (AES-256-GCM, its first choice), full handshakes (resumption off), ECDSA P-256 self-signed certificate";
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 in the scratch dir (generated once per
+/// run), and the edge's TLS listeners on loopback with it: `listen.tls` and `listen.wss` (whose
+/// default would be 0.0.0.0:3103). Returns the certificate's PEM path, which the clients trust.
+fn tls_listeners(env: &Env, conf: &mut EdgeConf) -> Result<String> {
+    let cert = env.dir.join("tls-cert.pem");
+    let key = env.dir.join("tls-key.pem");
+    if !cert.is_file() {
+        let certified = rcgen::generate_simple_self_signed(vec![crate::worker::TLS_NAME.to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| format!("self-signed certificate: {e}"))?;
+        std::fs::write(&key, certified.key_pair.serialize_pem()).map_err(|e| format!("write {}: {e}", key.display()))?;
+        std::fs::write(&cert, certified.cert.pem()).map_err(|e| format!("write {}: {e}", cert.display()))?;
+    }
+    let cert = cert.display().to_string();
+    conf.set("tls", "cert_path", procs::toml_str(&cert));
+    conf.set("tls", "key_path", procs::toml_str(&key.display().to_string()));
+    conf.set("listen", "tls", procs::toml_str("127.0.0.1:0"));
+    conf.set("listen", "wss", procs::toml_str("127.0.0.1:0"));
+    Ok(cert)
+}
+
 pub async fn s3(env: &Env, a: &S3) -> Result<Value> {
     let nats = NatsServer::start(&env.dir, false).await?;
     let client = async_nats::connect(nats.url()).await.map_err(|e| format!("connect: {e}"))?;
     let mut phases = serde_json::Map::new();
     let mut worst = 0.0f64;
     for t in &a.transports {
-        let edge = Edge::start(&env.dir, &nats.url(), &env.edge_conf()?).await?;
+        let mut conf = env.edge_conf()?;
+        let tls_ca = match t.as_str() {
+            "tls" | "wss" => Some(tls_listeners(env, &mut conf)?),
+            "tcp" | "ws" => None,
+            other => return Err(format!("unknown S3 transport {other:?} (tcp, ws, tls, wss)")),
+        };
+        let edge = Edge::start(&env.dir, &nats.url(), &conf).await?;
         let (kind, target) = match t.as_str() {
             "ws" => (Kind::GoimWs, edge.ws),
+            "tls" => (Kind::GoimTls, edge.tls.ok_or("the edge has no listen.tls")?),
+            "wss" => (Kind::GoimWss, edge.wss.ok_or("the edge has no listen.wss")?),
             _ => (Kind::GoimTcp, edge.tcp),
         };
         sleep(Duration::from_secs(1)).await;
@@ -554,6 +586,7 @@ pub async fn s3(env: &Env, a: &S3) -> Result<Value> {
             let mut s = base_spec(kind, vec![target], f, c);
             s.mids = a.mids;
             s.rooms = rooms;
+            s.tls_ca = tls_ca.clone();
             s
         }))
         .await?;
@@ -576,6 +609,7 @@ pub async fn s3(env: &Env, a: &S3) -> Result<Value> {
                 "edge_bytes_per_conn": round(per, 0),
                 "nats_bytes_per_conn": round(nrss1.saturating_sub(nrss0) as f64 / ok as f64, 0),
                 "edge_authenticated": stats["authenticated"],
+                "tls": if tls_ca.is_some() { json!(TLS_CLIENT) } else { Value::Null },
             }),
         );
         pool.close().await;

@@ -396,7 +396,8 @@ fn handshake_failed(ctx: &EdgeContext, peer: SocketAddr, reason: CloseReason, wh
 
 /// The TLS handshake (then, for WSS, the WebSocket upgrade) in a task of its own, under the session's
 /// handshake timeout like the upgrade; then the connection's own task, exactly the [`serve`] future
-/// over a [`TlsSocket`] (see `transport::tls` for why the session is driven sans-IO from there).
+/// over a [`TlsSocket`] (see `transport::tls` for why the session is driven sans-IO, and with
+/// rustls's unbuffered API, from the handshake on).
 async fn accept_tls(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, accepted_at: Instant, transport: Transport) {
     let _ = stream.set_nodelay(true);
     let deadline = accepted_at + ctx.config.session.handshake_timeout();
@@ -405,11 +406,8 @@ async fn accept_tls(ctx: Arc<EdgeContext>, stream: TcpStream, peer: SocketAddr, 
         handshake_failed(&ctx, peer, CloseReason::ProtocolError, "no TLS configuration", transport);
         return;
     };
-    let socket = match tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await {
-        Ok(Ok(stream)) => {
-            let (tcp, session) = stream.into_inner();
-            TlsSocket::new(tcp, session)
-        }
+    let socket: TlsSocket = match tokio::time::timeout_at(deadline, tls::accept(stream, config)).await {
+        Ok(Ok(socket)) => socket,
         outcome => {
             let reason = match outcome {
                 Err(_) => CloseReason::HandshakeTimeout,
