@@ -119,15 +119,28 @@ pub const RING_SIZE: usize = 256;
 /// Live messages held for one resuming connection before it is disconnected as too slow.
 pub const MAX_HELD: usize = 65_536;
 
+/// How the members of a stored subject's group that resume get its live messages.
+#[derive(Debug, Default)]
+pub struct Holds {
+    /// Members resuming now: their live messages, held until their replay is done.
+    pub held: HashMap<u64, Vec<Stored>>,
+    /// Members whose replay went past the group's live position (a group that had delivered nothing
+    /// live yet replays everything fetched): a late live copy at or below the floor is theirs already
+    /// and is skipped for them alone — until the group's position passes the floor, after which such a
+    /// copy is dropped for everyone anyway. (Moving the group's own position instead dropped those
+    /// copies for members whose replay had ended earlier: a loss.)
+    pub floors: HashMap<u64, u64>,
+}
+
 /// The history state of one stored subject's group: the last sequence delivered, a ring of recent
-/// messages (rooms), and the members whose live messages are held while they resume.
+/// messages (rooms), and how its resuming members get live messages ([`Holds`]).
 #[derive(Debug)]
 pub struct Sequenced {
     pub class: Class,
     last_seq: AtomicU64,
     /// (previous sequence of the subject, message), oldest first; contiguous in the subject.
     ring: Mutex<std::collections::VecDeque<(u64, Stored)>>,
-    held: Mutex<HashMap<u64, Vec<Stored>>>,
+    held: Mutex<Holds>,
     /// The last JetStream fetch for a resume (its `after` and result): later resumes of the same gap
     /// beyond the ring reuse it instead of fetching again.
     last_fetch: Mutex<Option<(u64, Arc<Fetched>)>>,
@@ -139,7 +152,7 @@ impl Sequenced {
             class,
             last_seq: AtomicU64::new(0),
             ring: Mutex::new(std::collections::VecDeque::new()),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Holds::default()),
             last_fetch: Mutex::new(None),
         }
     }
@@ -154,16 +167,18 @@ impl Sequenced {
 
     /// Start holding live messages for `member`.
     pub fn hold(&self, member: u64) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).entry(member).or_default();
+        self.held().held.entry(member).or_default();
     }
 
-    /// Stop holding for `member`; returns what was held.
-    pub fn release(&self, member: u64) -> Vec<Stored> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&member).unwrap_or_default()
+    /// Forget `member` (it left): nothing held for it, no floor.
+    pub fn release(&self, member: u64) {
+        let mut holds = self.held();
+        holds.held.remove(&member);
+        holds.floors.remove(&member);
     }
 
-    /// The held buffers (member id → messages held while it resumes).
-    pub fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Stored>>> {
+    /// The held buffers and floors of resuming members.
+    pub fn held(&self) -> std::sync::MutexGuard<'_, Holds> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -182,6 +197,11 @@ impl Sequenced {
             }
         }
         self.set_last_seq(seq);
+        let mut holds = self.held();
+        if !holds.floors.is_empty() {
+            // At or past a floor, the group's own position skips what the floor skipped.
+            holds.floors.retain(|_, floor| *floor > seq);
+        }
     }
 
     /// After a JetStream fetch of everything after `after` up to the newest: if the ring is empty,

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::bridge::Bridge;
 use crate::config::{Config, PerConnectionSubjects};
-use crate::history::{widen, History, RecoveryFailed, Sequenced, Stored};
+use crate::history::{widen, History, Holds, RecoveryFailed, Sequenced, Stored};
 use crate::outbox::{Outbox, Outgoing, Push};
 use crate::protocol::encode_push;
 use crate::stats::{CloseReason, Stats};
@@ -621,6 +621,10 @@ impl Hub {
         let Some(group) = groups.get(subject).cloned() else { return };
         let mut members = group.members.write().unwrap_or_else(|p| p.into_inner());
         members.remove(member_id);
+        // A member that left while resuming (its connection closed mid-replay) holds nothing more.
+        if let Some(seq) = &group.seq {
+            seq.release(member_id);
+        }
         if members.is_empty() {
             drop(members);
             groups.remove(subject);
@@ -649,15 +653,19 @@ impl Hub {
 
     /// Queue one push for `member`: into its held buffer while it resumes this stored subject, else
     /// into its outbox. Returns whether it was queued for sending now.
-    fn offer(&self, group: &Group, member: &Member, frame: &Push, held: Option<(&mut HashMap<u64, Vec<Stored>>, &Stored)>) -> bool {
-        if let Some((held, stored)) = held {
-            if let Some(buffer) = held.get_mut(&member.id) {
+    fn offer(&self, group: &Group, member: &Member, frame: &Push, held: Option<(&mut Holds, &Stored)>) -> bool {
+        if let Some((holds, stored)) = held {
+            if let Some(buffer) = holds.held.get_mut(&member.id) {
                 if buffer.len() >= crate::history::MAX_HELD {
                     // Resuming far slower than the subject moves: a slow consumer, said so.
                     member.outbox.close(CloseReason::SlowConsumer);
                 } else {
                     buffer.push(stored.clone());
                 }
+                return false;
+            }
+            if holds.floors.get(&member.id).is_some_and(|floor| stored.seq <= *floor) {
+                // Its replay had it already.
                 return false;
             }
         }
@@ -782,11 +790,12 @@ impl Hub {
                     let mut held = seq.held();
                     let live: Vec<Arc<Member>> = accepting
                         .filter(|m| {
-                            let holding = held.contains_key(&m.id);
+                            let holding = held.held.contains_key(&m.id);
                             if holding {
                                 self.offer(group, m, frame, Some((&mut *held, s)));
                             }
-                            !holding
+                            let replayed = held.floors.get(&m.id).is_some_and(|floor| s.seq <= *floor);
+                            !holding && !replayed
                         })
                         .cloned()
                         .collect();
@@ -945,29 +954,55 @@ impl Hub {
         }
     }
 
-    /// Replay to `member` what it missed on `group` after sequence `from` (a full stream sequence or
-    /// the 30-bit value of a push's seq field) and stop holding its live messages. Returns the replay's
-    /// outcome and the held live messages past it, for the caller to queue after its resume answer:
-    /// in order, no duplicates.
-    pub async fn resume(&self, group: &Group, member: &Arc<Member>, from: u64) -> (Result<usize, RecoveryFailed>, Vec<Push>) {
+    /// Replay to `member` what it missed of `group` since `from` (the 30-bit value of a push's seq
+    /// field, widened here), while the group keeps holding its live messages (see [`Hub::enter`]'s
+    /// `hold`). Returns the replay's outcome and the sequence it reached: [`Hub::release_held`] then
+    /// queues the held messages past that point.
+    pub async fn replay_missed(&self, group: &Group, member: &Arc<Member>, from: u64) -> (Result<usize, RecoveryFailed>, u64) {
         let Some(seq) = &group.seq else {
-            return (Err(RecoveryFailed::Unavailable(format!("{} is not stored", group.subject))), Vec::new());
+            return (Err(RecoveryFailed::Unavailable(format!("{} is not stored", group.subject))), 0);
         };
         let after = widen(from, seq.last_seq());
         let result = self.replay(group, seq, member, after).await;
         if result.is_err() {
             self.stats.recovery_failed.fetch_add(1, Ordering::Relaxed);
         }
-        let floor = match &result {
-            Ok((_, last)) => *last,
-            Err(_) => after,
-        };
-        // Under the members lock, so no live message is between the hold and the direct path.
-        let members = group.members.read().unwrap_or_else(|p| p.into_inner());
-        let held = seq.release(member.id);
-        drop(members);
-        let live = held.into_iter().filter(|s| s.seq > floor).map(|s| s.frame).collect();
-        (result.map(|(n, _)| n), live)
+        match result {
+            Ok((n, last)) => (Ok(n), last),
+            Err(e) => (Err(e), after),
+        }
+    }
+
+    /// End `member`'s resume of `resumed` (each group with the sequence its replay reached): queue
+    /// `answer` (the op-20 reply), then every group's live messages held past its replay, and stop
+    /// holding — all while the held buffers of every group are locked. A live message is fanned out
+    /// under its group's held lock ([`Hub::fan_out_to`]), so it is either in a held buffer (queued
+    /// here, in order) or reaches the outbox after everything queued here: replay, answer, held, live,
+    /// in stream order, with nothing in between. (Queuing them after the release instead let a live
+    /// message overtake the held ones.) The locks are taken in class order, the only place that holds
+    /// more than one, so two resumes cannot deadlock.
+    pub fn release_held(&self, resumed: &[(&Group, u64)], member: &Member, answer: Outgoing) -> Result<(), CloseReason> {
+        let mut stored: Vec<(&Sequenced, u64)> = resumed.iter().filter_map(|(g, floor)| g.seq.as_deref().map(|s| (s, *floor))).collect();
+        stored.sort_by_key(|(s, _)| s.class as u8);
+        let mut guards: Vec<_> = stored.iter().map(|(s, floor)| (*s, s.held(), *floor)).collect();
+        let mut queued = member.outbox.push(answer);
+        for (seq, holds, floor) in &mut guards {
+            let messages = holds.held.remove(&member.id).unwrap_or_default();
+            if *floor > seq.last_seq() {
+                // The replay went past the live position (the group had delivered nothing live yet):
+                // late live copies up to the floor are skipped for this member.
+                holds.floors.insert(member.id, *floor);
+            }
+            if queued.is_ok() {
+                for m in messages.into_iter().filter(|m| m.seq > *floor) {
+                    if let Err(reason) = member.outbox.push(Outgoing::Push(m.frame)) {
+                        queued = Err(reason);
+                        break;
+                    }
+                }
+            }
+        }
+        queued
     }
 
     /// Queue the messages after `after` (from the ring, else JetStream); returns (count, last seq).
@@ -982,14 +1017,10 @@ impl Hub {
                 let fetched = history.fetch(&group.subject, after, latest).await?;
                 seq.seed(after, &fetched.messages);
                 seq.remember_fetch(after, fetched.clone());
-                // A group that has delivered nothing live yet will never see the live copies of what
-                // was stored before it subscribed: its position moves to the fetched end, so a late
-                // copy does not duplicate the replay.
-                if latest == 0 {
-                    if let Some(newest) = fetched.messages.last() {
-                        seq.set_last_seq(newest.seq);
-                    }
-                }
+                // A group that has delivered nothing live yet replays everything fetched; the live
+                // copies of the newest of it may still come, and are skipped for this member by its
+                // floor ([`Hub::release_held`]), not by moving the group's position: other members
+                // resuming from an older fetch need them.
                 fetched.messages.clone()
             }
         };

@@ -340,6 +340,10 @@ async fn clients_move_to_another_edge_without_loss(fault: Fault) {
             let around: Vec<&(u64, String)> = r.seqs.iter().skip(r.on_first.saturating_sub(3)).take(8).collect();
             let hole = missing.first().and_then(|m| r.bodies.iter().position(|b| b > *m)).unwrap_or(0);
             let at_hole: Vec<&(u64, String)> = r.seqs.iter().skip(hole.saturating_sub(3)).take(6).collect();
+            // Where the order first differs from the stream's (same set, other order).
+            let first_diff = r.bodies.iter().zip(&acked).position(|(a, b)| a != b).unwrap_or(r.bodies.len().min(acked.len()));
+            let at_diff: Vec<&(u64, String)> = r.seqs.iter().skip(first_diff.saturating_sub(4)).take(10).collect();
+            eprintln!("{}: first difference from the stream order at index {first_diff}: {at_diff:?}", r.label);
             panic!(
                 "{}: received {} of {} acknowledged (duplicates {dupes}, first missing {missing:?}); {} on the first edge, resumed from {}, around the switch {around:?}, around the hole (index {hole}) {at_hole:?}; resume answer {}",
                 r.label,

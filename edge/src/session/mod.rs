@@ -362,10 +362,10 @@ impl Session {
     async fn resume(&mut self, p: &Packet, resumes: Vec<(&'static str, u64, Arc<Group>)>, asked: auth::Resume) -> Flow {
         let hub = self.ctx.hub.clone();
         let mut answer = serde_json::Map::new();
-        let mut live = Vec::new();
+        let mut reached = Vec::with_capacity(resumes.len());
         for (class, from, group) in &resumes {
-            let (result, held) = hub.resume(group, &self.member, *from).await;
-            live.extend(held);
+            let (result, floor) = hub.replay_missed(group, &self.member, *from).await;
+            reached.push((&**group, floor));
             let status = match result {
                 Ok(n) => serde_json::json!({ "ok": true, "replayed": n }),
                 Err(e) => {
@@ -382,15 +382,12 @@ impl Session {
             }
         }
         let body = serde_json::to_vec(&answer).unwrap_or_default();
-        if let Flow::Close(reason) = self.reply(p.reply(op::RESUME_REPLY, body)) {
-            return Flow::Close(reason);
+        // The answer and the live messages held meanwhile go out together, before any later live one.
+        let reply = Outgoing::Reply(p.reply(op::RESUME_REPLY, body).encode());
+        match hub.release_held(&reached, &self.member, reply) {
+            Ok(()) => Flow::Continue,
+            Err(reason) => Flow::Close(reason),
         }
-        for frame in live {
-            if let Err(reason) = self.member.outbox.push(Outgoing::Push(frame)) {
-                return Flow::Close(reason);
-            }
-        }
-        Flow::Continue
     }
 
     /// Op 18: a history read of the client's room, own user or broadcast, forwarded to goim-history
