@@ -53,6 +53,7 @@ cat <<MSG
     $(cat "$LOGS/goim-edge-2.out")
     goim TCP clients       -> 127.0.0.1:3101 (edge1), 127.0.0.1:3201 (edge2)
     goim WebSocket clients -> ws://127.0.0.1:3102/sub (edge1), ws://127.0.0.1:3202/sub (edge2)
+    SSE / long-poll        -> http://127.0.0.1:3104/sse (edge1), http://127.0.0.1:3204/sse (edge2)   (/metrics, /healthz)
     authsvc HTTP           -> http://127.0.0.1:3111   (API key: dev-api-key)
     NATS                   -> nats://127.0.0.1:4222, :4223, :4224 (monitoring http://127.0.0.1:8222, :8223, :8224;
                               nats.ws ws://127.0.0.1:8080, :8081, :8082; routes 6222-6224)
