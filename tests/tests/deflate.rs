@@ -79,21 +79,8 @@ impl RawWs {
 
     /// One masked, final frame.
     async fn send_frame(&mut self, opcode: u8, rsv1: bool, payload: &[u8]) -> std::io::Result<()> {
-        let mut v = vec![0x80 | if rsv1 { 0x40 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n <= 65535 => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let first = opcode | if rsv1 { 0x40 } else { 0 };
+        let v = goim_edge::protocol::websocket::client_frame(true, first, payload, [0x37, 0xfa, 0x21, 0x3d]);
         self.stream.write_all(&v).await
     }
 

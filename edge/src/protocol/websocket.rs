@@ -215,6 +215,28 @@ fn put_header(dst: &mut BytesMut, b0: u8, len: usize) {
     }
 }
 
+/// A frame as a client (a browser) sends it, masked with `mask`: the other direction, for the edge's
+/// tests and for test clients. `opcode` is the first byte's low seven bits, so the RSV bits can be set
+/// too (RSV1 = 0x40: a permessage-deflate message).
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 14);
+    v.push(if fin { 0x80 } else { 0 } | opcode);
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 65535 => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
 /// A whole unmasked server frame.
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut dst = BytesMut::with_capacity(10 + payload.len());
@@ -227,25 +249,6 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// A client frame as a browser sends it: masked with `mask`.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n <= 65535 => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        v
-    }
 
     fn decode_all(d: &mut Decoder, bytes: &[u8]) -> Result<Vec<Message>, FrameError> {
         let mut buf = BytesMut::from(bytes);
