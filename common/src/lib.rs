@@ -178,15 +178,23 @@ pub fn prometheus_text(prefix: &str, counters: &serde_json::Value) -> String {
 /// `/healthz` is ready only while every connection is up: a load balancer or orchestrator then takes
 /// a service whose NATS is gone out of rotation (it reconnects by itself and comes back ready).
 pub fn nats_ready(clients: &[&async_nats::Client]) -> Result<(), String> {
-    let down = clients
-        .iter()
-        .filter(|c| c.connection_state() != async_nats::connection::State::Connected)
-        .count();
+    let down = clients.iter().filter(|c| !nats_up(c)).count();
     if down == 0 {
         Ok(())
     } else {
         Err(format!("NATS: {down} of {} connections down (reconnecting)", clients.len()))
     }
+}
+
+/// Whether `client` is connected right now (otherwise it is reconnecting).
+pub fn nats_up(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// How often `client` re-established its connection after a loss (async-nats counts the first
+/// connect too).
+pub fn nats_reconnects(client: &async_nats::Client) -> u64 {
+    client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1)
 }
 
 /// The Prometheus text of a service's NATS connections: up, reconnects (connections established after
@@ -195,10 +203,9 @@ pub fn nats_prometheus(prefix: &str, clients: &[&async_nats::Client]) -> String 
     use std::sync::atomic::Ordering::Relaxed;
     let (mut up, mut reconnects, mut in_msgs, mut out_msgs, mut in_bytes, mut out_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for c in clients {
-        up += u64::from(c.connection_state() == async_nats::connection::State::Connected);
+        up += u64::from(nats_up(c));
+        reconnects += nats_reconnects(c);
         let s = c.statistics();
-        // async-nats counts the first connect too.
-        reconnects += s.connects.load(Relaxed).saturating_sub(1);
         in_msgs += s.in_messages.load(Relaxed);
         out_msgs += s.out_messages.load(Relaxed);
         in_bytes += s.in_bytes.load(Relaxed);

@@ -54,13 +54,18 @@ impl Bridge {
 
     /// Shared connections that are connected right now (the rest are reconnecting).
     pub fn connected(&self) -> usize {
-        self.clients.iter().filter(|c| c.connection_state() == async_nats::connection::State::Connected).count()
+        self.clients.iter().filter(|c| goim_common::nats_up(c)).count()
+    }
+
+    /// `Ok` while every shared connection is up, else why not (`/healthz`).
+    pub fn ready(&self) -> Result<(), String> {
+        goim_common::nats_ready(&self.clients.iter().collect::<Vec<_>>())
     }
 
     /// Connections re-established after a loss, over all shared connections (async-nats counts the
     /// first connect too).
     pub fn reconnects(&self) -> u64 {
-        self.clients.iter().map(|c| c.statistics().connects.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1)).sum()
+        self.clients.iter().map(goim_common::nats_reconnects).sum()
     }
 
     /// The connection used for publishing and control subscriptions.

@@ -643,7 +643,7 @@ impl Hub {
     /// Keep the `rooms` and `nats_subscriptions` gauges as groups come and go (`delta` = ±1), so a
     /// metrics scrape reads two atomics instead of walking every subject.
     fn count_group(&self, group: &Group, delta: i64) {
-        if group.subject.starts_with(subjects::ROOM_PREFIX) && group.subject[subjects::ROOM_PREFIX.len()..].starts_with('.') {
+        if subjects::room_id_of(&group.subject).is_some() {
             self.stats.rooms.fetch_add(delta, Ordering::Relaxed);
         }
         if group.own.is_some() {

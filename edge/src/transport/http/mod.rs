@@ -153,12 +153,11 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 
 /// 200 while every shared NATS connection is up, 503 while any reconnects: a load balancer stops
 /// sending clients to an edge that cannot serve them.
+/// Ready while every shared NATS connection is up: the connection states, not a stats snapshot.
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    let snapshot = state.ctx.hub.stats_snapshot();
-    if snapshot.nats_connected == snapshot.nats_connections {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("NATS: {} of {} connections up\n", snapshot.nats_connected, snapshot.nats_connections)).into_response()
+    match state.ctx.hub.bridge().ready() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
